@@ -1,0 +1,258 @@
+"""Frames READER EVENT objects out of the reader's TCP byte stream.
+
+No I/O happens here: no socket, no clock, no logging. The caller feeds bytes and gets
+frames back, like h11's ``receive_data``/``next_event`` (see STYLE.md), so every split
+point and every garbage pattern can be tested without a network.
+
+What the reader sends (PROTOCOL.md §1): compact JSON objects, separated by CR LF, LF, NUL,
+spaces or nothing at all, never announced, sometimes long (a template's ``TagData``), up to
+64 kB. One ``recv`` is not one message. The decoder therefore tracks just enough JSON
+structure (strings, escapes, nesting) to find where an object ends, and gives back:
+
+* :class:`Frame` - a complete, valid JSON object, re-serialised compact by dropping the
+  whitespace outside strings, so keys, values, key order and number spelling are exactly
+  the reader's;
+* :class:`Skipped` - bytes it could not use (not JSON, invalid UTF-8, invalid JSON, an
+  object over the cap, an object that never closed) with the reason, for the caller to log
+  and count. It then resynchronises on the next ``{`` and goes on.
+
+An object "never closes" when a byte arrives that JSON cannot have at that place: a raw
+control character (CR, LF, NUL, ...) inside a string, a NUL between tokens, or a ``{`` where
+no value may start. Such a ``{`` begins the next object, so a truncated event glued to a good
+one loses only itself. Anything else unterminated is bounded by the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+DEFAULT_MAX_OBJECT: Final = 64 * 1024
+"""The $SCRDR text format tells hosts to accept messages up to 64 kB; JSON is assumed alike."""
+
+SAMPLE_SIZE: Final = 40
+"""How many bytes of skipped data a :class:`Skipped` keeps, for the log."""
+
+_SEPARATORS: Final = b" \t\r\n\x00"
+_JSON_SPACE: Final = b" \t\r\n"
+_VALUE_STARTERS: Final = b":[,"  # a nested object or array may only follow one of these
+_STRING_STARTERS: Final = b"{[:,"
+
+_IDLE_SEPARATORS = re.compile(rb"[ \t\r\n\x00]*")
+_IDLE_JUNK = re.compile(rb"[^ \t\r\n\x00{]*")
+_STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
+_PLAIN_RUN = re.compile(rb'[^ \t\r\n"{}\[\]\x00-\x1f]+')
+
+
+class ProtocolError(Exception):
+    """The decoder was used wrongly (for instance configured with a cap below 2 bytes)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One complete READER EVENT (or any JSON object) from the reader."""
+
+    payload: bytes
+    """The object as the reader sent it, compact: whitespace between tokens removed."""
+    fields: dict[str, object] = field(compare=False, repr=False)
+    """The decoded object, keys in the reader's order."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Bytes the decoder threw away, and why."""
+
+    reason: str
+    size: int
+    sample: bytes
+
+
+Item = Frame | Skipped
+
+
+def _match_end(pattern: re.Pattern[bytes], data: bytes, pos: int, endpos: int) -> int:
+    """End of ``pattern``'s match at ``pos``; always past ``pos`` so every step makes progress."""
+    match = pattern.match(data, pos, endpos)
+    return max(match.end() if match else pos, pos + 1)
+
+
+def _reject_constant(name: str) -> object:
+    # Python's json accepts NaN and Infinity; JSON (and MQTT consumers) do not.
+    raise ValueError(f"{name} is not JSON")
+
+
+class StreamDecoder:
+    """Incremental decoder for one reader connection; make a new one per connection."""
+
+    def __init__(self, max_object: int = DEFAULT_MAX_OBJECT) -> None:
+        if max_object < 2:
+            raise ProtocolError(f"max_object must be at least 2 bytes, got {max_object}")
+        self.max_object = max_object
+        self._in_object = False
+        self._keep = True  # False while the rest of an oversized object is skipped
+        self._buf = bytearray()
+        self._size = 0  # raw bytes of the current object, whitespace included
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._last = 0  # last significant byte outside strings
+        self._junk = 0
+        self._junk_sample = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished object (never more than ``max_object``)."""
+        return len(self._buf) + len(self._junk_sample)
+
+    def feed(self, data: bytes) -> list[Item]:
+        """Consume ``data``; return the frames and skipped runs it completed, in order."""
+        out: list[Item] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._in_object:
+                pos = self._object_step(data, pos, out)
+            else:
+                pos = self._idle_step(data, pos, out)
+        return out
+
+    # -- between objects -------------------------------------------------------------
+
+    def _idle_step(self, data: bytes, pos: int, out: list[Item]) -> int:
+        byte = data[pos]
+        if byte in _SEPARATORS:
+            self._end_junk(out)
+            return _match_end(_IDLE_SEPARATORS, data, pos, len(data))
+        if byte == 0x7B:  # "{"
+            self._end_junk(out)
+            self._start_object()
+            return pos
+        room = self.max_object - self._junk
+        stop = _match_end(_IDLE_JUNK, data, pos, min(len(data), pos + room))
+        if len(self._junk_sample) < SAMPLE_SIZE:
+            self._junk_sample += data[pos : min(stop, pos + SAMPLE_SIZE - len(self._junk_sample))]
+        self._junk += stop - pos
+        if self._junk >= self.max_object:
+            self._end_junk(out)  # report long junk in bounded pieces
+        return stop
+
+    def _end_junk(self, out: list[Item]) -> None:
+        if self._junk:
+            out.append(Skipped("not JSON", self._junk, bytes(self._junk_sample)))
+            self._junk = 0
+            self._junk_sample.clear()
+
+    # -- inside an object --------------------------------------------------------------
+
+    def _start_object(self) -> None:
+        self._in_object = True
+        self._keep = True
+        self._buf.clear()
+        self._size = 0
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._last = 0x2C  # as if after ",": the opening "{" is a legal value start
+
+    def _object_step(self, data: bytes, pos: int, out: list[Item]) -> int:
+        if self._in_string:
+            return self._string_step(data, pos, out)
+        byte = data[pos]
+        if byte in _JSON_SPACE:
+            self._take(data, pos, pos + 1, out, store=False)
+            return pos + 1
+        if byte in b"{[":
+            if self._last not in _VALUE_STARTERS:
+                self._abandon(out)  # this "{" starts the next object; idle will see it
+                return pos
+            self._depth += 1
+        elif byte in b"}]":
+            self._depth -= 1
+        elif byte == 0x22:  # '"'
+            if self._last not in _STRING_STARTERS:
+                self._abandon(out)
+                return pos
+            self._in_string = True
+        elif byte < 0x20:
+            self._abandon(out)  # NUL or another control byte: a separator, the object is cut
+            return pos
+        else:
+            stop = _match_end(_PLAIN_RUN, data, pos, len(data))
+            self._last = data[stop - 1]
+            self._take(data, pos, stop, out)
+            return stop
+        self._last = byte
+        self._take(data, pos, pos + 1, out)
+        if self._depth == 0 and self._in_object:
+            self._finish(out)
+        return pos + 1
+
+    def _string_step(self, data: bytes, pos: int, out: list[Item]) -> int:
+        byte = data[pos]
+        if byte < 0x20:
+            self._abandon(out)  # JSON strings cannot hold raw control bytes: the object was cut
+            return pos
+        if self._escape:
+            self._escape = False
+            self._take(data, pos, pos + 1, out)
+            return pos + 1
+        if byte == 0x5C:  # backslash
+            self._escape = True
+            self._take(data, pos, pos + 1, out)
+            return pos + 1
+        if byte == 0x22:
+            self._in_string = False
+            self._last = byte
+            self._take(data, pos, pos + 1, out)
+            return pos + 1
+        room = self.max_object - self._size + 1 if self._keep else len(data)
+        stop = _match_end(_STRING_RUN, data, pos, min(len(data), pos + room))
+        self._take(data, pos, stop, out)
+        return stop
+
+    def _take(
+        self, data: bytes, start: int, stop: int, out: list[Item], store: bool = True
+    ) -> None:
+        self._size += stop - start
+        if not self._keep:
+            return
+        if self._size > self.max_object:
+            out.append(
+                Skipped(f"object larger than {self.max_object} bytes", self._size, self._sample())
+            )
+            self._keep = False
+            self._buf.clear()
+        elif store:
+            self._buf += data[start:stop]
+
+    def _sample(self) -> bytes:
+        return bytes(self._buf[:SAMPLE_SIZE])
+
+    def _abandon(self, out: list[Item]) -> None:
+        if self._keep:
+            out.append(Skipped("object cut short", self._size, self._sample()))
+        self._reset_object()
+
+    def _reset_object(self) -> None:
+        self._in_object = False
+        self._buf.clear()
+
+    def _finish(self, out: list[Item]) -> None:
+        if not self._keep:  # the tail of an oversized object, already reported
+            self._reset_object()
+            return
+        raw = bytes(self._buf)
+        self._reset_object()
+        try:
+            decoded = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            out.append(Skipped("invalid UTF-8", len(raw), raw[:SAMPLE_SIZE]))
+            return
+        except ValueError as exc:
+            reason = getattr(exc, "msg", str(exc))
+            out.append(Skipped(f"invalid JSON ({reason})", len(raw), raw[:SAMPLE_SIZE]))
+            return
+        # A balanced run that starts with "{" and parses is always an object.
+        assert isinstance(decoded, dict)
+        out.append(Frame(raw, decoded))
