@@ -1,0 +1,176 @@
+"""Wires the reader link, the command worker and the MQTT link together, and shuts them down.
+
+Threads: the reader link reads (``reader``), the command worker writes commands (``commands``),
+paho runs its network loop and the MQTT link its publishing pump. They hand data across
+with queues; none of them blocks another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+
+from bridge.commands import CommandError, parse_command
+from bridge.config import CommandOptions, Settings
+from bridge.mqtt import IncomingCommand, MqttLink
+from bridge.protocol import Frame, Skipped
+from bridge.reader import CommandNotSentError, ReaderLink
+
+log = logging.getLogger(__name__)
+
+COMMAND_QUEUE = 100
+
+
+def result_payload(
+    incoming: IncomingCommand,
+    transaction: object,
+    *,
+    sent: dict[str, object] | None = None,
+    error: str | None = None,
+) -> bytes:
+    """``{"ok": ..., "transaction": ..., "sent"|"error": ...}`` (SPEC §3.3)."""
+    result: dict[str, object] = {"ok": error is None}
+    if transaction is not None:
+        result["transaction"] = transaction
+    if error is None:
+        result["sent"] = sent
+    else:
+        result["error"] = error
+    return json.dumps(result, separators=(",", ":")).encode()
+
+
+class CommandWorker:
+    """Validates each MQTT command, sends it before its deadline or drops it; one result each."""
+
+    def __init__(self, options: CommandOptions, link: ReaderLink, mqtt: MqttLink) -> None:
+        self.options = options
+        self._link = link
+        self._mqtt = mqtt
+        self._queue: queue.Queue[IncomingCommand | None] = queue.Queue(COMMAND_QUEUE)
+        self.sent = 0
+        self.refused = 0
+        self.expired = 0
+
+    def submit(self, incoming: IncomingCommand) -> None:
+        """Called from paho's thread: never blocks."""
+        try:
+            self._queue.put_nowait(incoming)
+        except queue.Full:
+            self._reply(incoming, None, error="too many commands waiting; this one was dropped")
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        while (incoming := self._queue.get()) is not None:
+            try:
+                self.handle(incoming)
+            except Exception:
+                log.exception("command handling failed")
+
+    def handle(self, incoming: IncomingCommand) -> None:
+        if incoming.retained:
+            self.refused += 1
+            self._reply(
+                incoming,
+                None,
+                error="retained command refused: it would run again on every reconnect; "
+                "publish commands without the retain flag and clear the retained message",
+            )
+            return
+        try:
+            command = parse_command(incoming.payload, self.options.allowed_fields)
+        except CommandError as exc:
+            self.refused += 1
+            log.warning("command refused: %s", exc)
+            self._reply(incoming, exc.transaction, error=str(exc))
+            return
+        deadline = incoming.received + self.options.timeout
+        try:
+            self._link.send(command.encode() + self.options.delimiter, deadline, self.options.gap)
+        except CommandNotSentError as exc:
+            self.expired += 1
+            message = (
+                f"not sent within {self.options.timeout:g} s: {exc}; "
+                "dropped so that it cannot run late"
+            )
+            log.warning("command %s %s", command.encode().decode(), message)
+            self._reply(incoming, command.transaction, error=message)
+            return
+        self.sent += 1
+        log.info("command sent to the reader: %s", command.encode().decode())
+        self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
+
+    def _reply(
+        self,
+        incoming: IncomingCommand,
+        transaction: object,
+        *,
+        sent: dict[str, object] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._mqtt.publish_result(
+            result_payload(incoming, transaction, sent=sent, error=error), incoming
+        )
+
+
+class Bridge:
+    """One reader, one broker. ``start()``, then ``stop()`` (from any thread)."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.check_run()
+        self.topics = settings.topics()
+        self.reader = ReaderLink(
+            settings.reader(), self._on_frame, self._on_skipped, self._on_reader_state
+        )
+        self.mqtt = MqttLink(settings.mqtt(), self.topics, settings.identity(), self._on_command)
+        self.commands = CommandWorker(settings.commands(), self.reader, self.mqtt)
+        self._threads = [
+            threading.Thread(target=self.reader.run, name="reader", daemon=True),
+            threading.Thread(target=self.commands.run, name="commands", daemon=True),
+        ]
+
+    def start(self) -> None:
+        log.info(
+            "bridging reader %s:%d to broker %s:%d as %s",
+            self.reader.options.host,
+            self.reader.options.port,
+            self.mqtt.options.host,
+            self.mqtt.options.port,
+            self.topics.base,
+        )
+        self.mqtt.start()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop reading, finish commands, deliver what is pending, publish ``offline``."""
+        self.reader.stop()
+        self.commands.stop()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.mqtt.stop(drain_timeout=timeout)
+        log.info("stopped")
+
+    # -- reader callbacks (reader thread) -------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        log.debug("event %s", frame.payload[:200])
+        self.mqtt.publish_event(frame.payload, time.time(), time.monotonic())
+
+    def _on_skipped(self, skipped: Skipped) -> None:
+        log.warning(
+            "skipped %d byte(s) from the reader: %s (starts %r)",
+            skipped.size,
+            skipped.reason,
+            skipped.sample,
+        )
+
+    def _on_reader_state(self, up: bool, reason: str) -> None:
+        self.mqtt.set_reader_up(up)
+
+    def _on_command(self, incoming: IncomingCommand) -> None:
+        self.commands.submit(incoming)

@@ -1,0 +1,136 @@
+"""The ``springcore-bridge`` command line: ``run`` (default), ``simulate``, ``--version``.
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad settings or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from bridge import __version__, logs
+from bridge.config import ConfigError, Settings, load_settings
+from bridge.simulator import PROFILES, SEPARATORS, Simulator
+
+log = logging.getLogger("bridge")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each also BRIDGE_<NAME> in the environment)")
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=name, metavar="VALUE", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="springcore-bridge",
+        description="MQTT bridge for SpringCard SpringCore readers (Smart Reader, JSON over TCP).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the bridge (the default)")
+    run.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    _add_setting_flags(run)
+    sim = sub.add_parser("simulate", help="run a SpringCore reader simulator")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=4000, help="TCP port (default 4000)")
+    sim.add_argument("--interval", type=float, default=5.0, help="seconds between events; 0 = off")
+    sim.add_argument("--profile", choices=[*PROFILES, "mixed"], default="mixed")
+    sim.add_argument("--moves", action="store_true", help="send Insert/Remove pairs")
+    sim.add_argument("--separator", choices=list(SEPARATORS), default="crlf")
+    sim.add_argument(
+        "--busy",
+        choices=["close", "hang"],
+        default="close",
+        help="what a second client gets while one is connected",
+    )
+    sim.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stop.wait()
+
+
+def run_bridge(args: argparse.Namespace) -> int:
+    from bridge.app import Bridge  # noqa: PLC0415 - paho is imported only for the bridge itself
+
+    overrides = {name: getattr(args, name) for name in Settings.model_fields}
+    try:
+        settings = load_settings(env_file=args.env_file, **overrides)
+        logs.configure(settings.log_level, settings.log_format)
+        bridge = Bridge(settings)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"springcore-bridge: {line}", file=sys.stderr)
+        return 2
+    bridge.start()
+    _wait_for_signal()
+    bridge.stop()
+    return 0
+
+
+def run_simulator(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level.upper(), "text")
+    profiles = PROFILES if args.profile == "mixed" else (args.profile,)
+    simulator = Simulator(args.host, args.port, SEPARATORS[args.separator], busy=args.busy)
+    simulator.start()
+    if args.interval > 0:
+        threading.Thread(
+            target=simulator.run_timer, args=(args.interval, profiles, args.moves), daemon=True
+        ).start()
+    threading.Thread(target=_read_stdin, args=(simulator, profiles), daemon=True).start()
+    print(
+        "type Enter (or nfc/ble/uhf, insert, remove, drop, or a JSON object) to send an event",
+        file=sys.stderr,
+    )
+    _wait_for_signal()
+    simulator.stop()
+    return 0
+
+
+def _read_stdin(simulator: Simulator, profiles: tuple[str, ...]) -> None:
+    """On-demand events: one line, one action."""
+    for line in sys.stdin:
+        word = line.strip()
+        try:
+            if word.startswith("{"):
+                json.loads(word)
+                simulator.send_raw(word.encode() + simulator.separator)
+            elif word == "drop":
+                simulator.drop_client()
+            elif word in ("insert", "remove"):
+                simulator.emit(profile=profiles[0], move=word.capitalize())
+            else:
+                simulator.emit(profile=word if word in PROFILES else profiles[0])
+        except (OSError, ValueError) as exc:
+            print(f"not sent: {exc}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in ("run", "simulate", "-h", "--help", "--version"):
+        arguments.insert(0, "run")
+    args = parser.parse_args(arguments)
+    if args.command == "simulate":
+        return run_simulator(args)
+    return run_bridge(args)

@@ -1,0 +1,281 @@
+"""Settings from the environment, a ``.env`` file and command-line flags (SPEC.md §6).
+
+Each layer gets only its own group (:class:`ReaderOptions`, :class:`MqttOptions`, ...).
+A bad value becomes :class:`ConfigError` whose lines each name the variable, the value and
+what is expected; secrets are never echoed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.commands import FIELDS
+from bridge.topics import Identity, Topics
+
+ENV_PREFIX = "BRIDGE_"
+SECRET_FIELDS = frozenset({"mqtt_password"})
+_TOPIC_LEVEL = re.compile(r"[^/+#\s\x00]+")
+_DEVICE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+Delimiter = Literal["none", "lf", "crlf", "nul"]
+DELIMITER_BYTES: dict[str, bytes] = {"none": b"", "lf": b"\n", "crlf": b"\r\n", "nul": b"\x00"}
+
+
+class ConfigError(Exception):
+    """Bad settings; ``lines`` holds one human-readable line per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    host: str
+    port: int
+    connect_timeout: float
+    keepalive: float
+    backoff_max: float
+    max_object: int
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    timeout: float
+    gap: float
+    delimiter: bytes
+    allowed_fields: frozenset[str]
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    host: str
+    port: int
+    client_id: str
+    username: str | None
+    password: SecretStr | None
+    protocol: Literal["5", "3.1.1"]
+    keepalive: int
+    qos: Literal[0, 1, 2]
+    tls: bool
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    tls_insecure: bool
+    outbox_size: int
+
+
+class Settings(BaseSettings):
+    """Every setting of the bridge; ``config.example.env`` lists them all (a test checks)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    reader_host: str | None = Field(None, description="reader IP address or host name")
+    reader_port: int = Field(4000, ge=1, le=65535, description="reader TCP port")
+    reader_connect_timeout: float = Field(5.0, gt=0, le=120, description="seconds per attempt")
+    reader_keepalive: float = Field(30.0, ge=2, le=3600, description="dead-host detection")
+    reader_backoff_max: float = Field(30.0, ge=1, le=3600, description="reconnect delay cap")
+    reader_max_object: int = Field(65536, ge=1024, le=1 << 20, description="bytes per event")
+    reader_serial: str | None = Field(None, description="SerialNumber in meta")
+    reader_product: str | None = Field(None, description="ProductName in meta")
+    reader_location: str | None = Field(None, description="Location in meta")
+    device_id: str | None = Field(None, description="{id} in topics")
+    topic_prefix: str = Field("springcard/springcore", description="{prefix} in topics")
+
+    mqtt_host: str = Field("localhost", min_length=1)
+    mqtt_port: int | None = Field(None, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_client_id: str | None = Field(None, min_length=1, max_length=128)
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_keepalive: int = Field(30, ge=5, le=3600)
+    mqtt_qos: Literal[0, 1, 2] = 1
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_tls_insecure: bool = False
+    outbox_size: int = Field(10000, ge=10, le=1_000_000)
+
+    command_timeout: float = Field(2.0, gt=0, le=60)
+    command_gap: float = Field(0.05, ge=0, le=5)
+    command_delimiter: Delimiter = "none"
+    command_fields: str = ",".join(FIELDS)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", "command_delimiter", mode="before")
+    @classmethod
+    def _fold_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return (
+            value.upper()
+            if value.lower() in {"debug", "info", "warning", "error"}
+            else value.lower()
+        )
+
+    @field_validator("mqtt_qos", mode="before")
+    @classmethod
+    def _qos_number(cls, value: object) -> object:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        levels = value.split("/")
+        if not all(_TOPIC_LEVEL.fullmatch(level) for level in levels):
+            raise ValueError("must be topic levels separated by '/', without + # or spaces")
+        return value
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_device_id(cls, value: str | None) -> str | None:
+        if value is not None and not _TOPIC_LEVEL.fullmatch(value):
+            raise ValueError("must be one topic level: no '/', '+', '#' or spaces")
+        return value
+
+    @field_validator("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("must name a readable file")
+        return value
+
+    @field_validator("command_fields")
+    @classmethod
+    def _check_fields(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        known = {name.lower(): name for name in FIELDS}
+        unknown = [name for name in names if name.lower() not in known]
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}; known fields: {','.join(FIELDS)}")
+        return ",".join(known[name.lower()] for name in names)
+
+    # -- derived values ---------------------------------------------------------------
+
+    def resolved_device_id(self) -> str:
+        if self.device_id:
+            return self.device_id
+        host = self.reader_host or "reader"
+        return _DEVICE_ID_UNSAFE.sub("-", host).strip("-") or "reader"
+
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix, self.resolved_device_id())
+
+    def identity(self) -> Identity:
+        return Identity(
+            reader_host=self.reader_host or "",
+            serial_number=self.reader_serial,
+            product_name=self.reader_product,
+            location=self.reader_location,
+        )
+
+    def reader(self) -> ReaderOptions:
+        if not self.reader_host:
+            raise ConfigError(
+                ["BRIDGE_READER_HOST: required: the reader's IP address or host name"]
+            )
+        return ReaderOptions(
+            host=self.reader_host,
+            port=self.reader_port,
+            connect_timeout=self.reader_connect_timeout,
+            keepalive=self.reader_keepalive,
+            backoff_max=self.reader_backoff_max,
+            max_object=self.reader_max_object,
+        )
+
+    def commands(self) -> CommandOptions:
+        return CommandOptions(
+            timeout=self.command_timeout,
+            gap=self.command_gap,
+            delimiter=DELIMITER_BYTES[self.command_delimiter],
+            allowed_fields=frozenset(self.command_fields.split(",")) - {""},
+        )
+
+    def mqtt(self) -> MqttOptions:
+        return MqttOptions(
+            host=self.mqtt_host,
+            port=self.mqtt_port or (8883 if self.mqtt_tls else 1883),
+            client_id=self.mqtt_client_id or f"springcore-bridge-{self.resolved_device_id()}",
+            username=self.mqtt_username,
+            password=self._password(),
+            protocol=self.mqtt_protocol,
+            keepalive=self.mqtt_keepalive,
+            qos=self.mqtt_qos,
+            tls=self.mqtt_tls,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
+            tls_insecure=self.mqtt_tls_insecure,
+            outbox_size=self.outbox_size,
+        )
+
+    def _password(self) -> SecretStr | None:
+        if self.mqtt_password_file is None:
+            return self.mqtt_password
+        if self.mqtt_password is not None:
+            raise ConfigError(
+                ["BRIDGE_MQTT_PASSWORD_FILE: set either it or BRIDGE_MQTT_PASSWORD, not both"]
+            )
+        try:
+            text = self.mqtt_password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                [f"BRIDGE_MQTT_PASSWORD_FILE: cannot read {self.mqtt_password_file}: {exc}"]
+            ) from None
+        return SecretStr(text.rstrip("\r\n"))
+
+    def check_run(self) -> None:
+        """Raise :class:`ConfigError` listing every problem that stops ``run``."""
+        lines: list[str] = []
+        for build in (self.reader, self.mqtt, self.commands):
+            try:
+                build()
+            except ConfigError as exc:
+                lines += exc.lines
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            lines.append("BRIDGE_MQTT_CERT_FILE / BRIDGE_MQTT_KEY_FILE: set both or neither")
+        if (
+            self.mqtt_ca_file or self.mqtt_cert_file or self.mqtt_tls_insecure
+        ) and not self.mqtt_tls:
+            lines.append("BRIDGE_MQTT_TLS: must be true when a CA, certificate or insecure is set")
+        if not self.commands().allowed_fields:
+            lines.append("BRIDGE_COMMAND_FIELDS: empty; name at least one command field")
+        if lines:
+            raise ConfigError(lines)
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """Build :class:`Settings`; flags (``overrides``) win over the environment and ``.env``."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(_env_file=env_file, **given)  # type: ignore[call-arg,arg-type]
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: object) -> str:
+    assert isinstance(error, dict)
+    loc = error.get("loc") or ("?",)
+    name = str(loc[0])
+    variable = ENV_PREFIX + name.upper()
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if name in SECRET_FIELDS:
+        return f"{variable}: {message}"
+    return f"{variable}: {message}, got {error.get('input')!r}"
+
+
+def env_names() -> list[str]:
+    """Every environment variable the settings read, in declaration order."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]

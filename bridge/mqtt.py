@@ -1,0 +1,515 @@
+"""The only owner of the paho-mqtt client: connection, outbox, publishing, the command topic.
+
+paho facts this module is built around (PAHO.md):
+
+* paho's own queue is RAM-only, refuses message 65,536 and dumps its whole backlog at once
+  on reconnect (#377, #492), so events wait in the bridge's bounded :class:`Outbox` and only
+  a window of them is handed to paho, and only while connected;
+* a message is delivered only when ``on_publish`` says so;
+* ``on_publish`` runs with paho's message lock held, and ``publish()`` takes that lock, so no
+  lock of ours is ever held around ``publish()`` (#226, #346) - one pump thread publishes,
+  callbacks only record state and notify;
+* an exception in a callback kills paho's thread (#365): every callback body is guarded;
+* paho re-sends unacknowledged QoS 1 messages itself after reconnecting, right *after*
+  ``on_connect`` returns, so new events wait until those are acknowledged (order kept).
+
+The session starts clean every time: a broker must not keep commands for the bridge while it
+is away and deliver them late (a late "accept" opens a door).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge.config import MqttOptions
+from bridge.topics import (
+    STATE_DEAD,
+    STATE_OFFLINE,
+    STATE_READY,
+    Identity,
+    Topics,
+    meta_payload,
+    status_payload,
+)
+
+log = logging.getLogger(__name__)
+
+WINDOW = 100
+"""Events handed to paho at once (in flight, not yet acknowledged)."""
+RECONNECT_MAX = 30
+_SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
+_CONNACK_HINTS = {
+    134: "the broker refused the user name or password: check BRIDGE_MQTT_USERNAME and "
+    "BRIDGE_MQTT_PASSWORD / BRIDGE_MQTT_PASSWORD_FILE",
+    135: "the broker says this client is not authorised: check the broker's ACL and credentials",
+    133: "the broker refused the client id: set BRIDGE_MQTT_CLIENT_ID",
+}
+
+
+@dataclass(frozen=True)
+class IncomingCommand:
+    payload: bytes
+    received: float  # time.monotonic()
+    retained: bool = False
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass
+class Pending:
+    """One event waiting for the broker."""
+
+    seq: int
+    payload: bytes
+    received_at: float  # time.time(), for the received_at user property
+    received_mono: float  # time.monotonic(), to tell late deliveries
+
+
+@dataclass
+class MqttCounters:
+    published: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    connects: int = 0
+
+
+@dataclass
+class _Shared:
+    """State shared by callbacks and the pump, always under ``MqttLink._cond``."""
+
+    connected: bool = False
+    connected_since: float = 0.0
+    announce: bool = False  # meta and status are due (a new connection)
+    status_due: bool = False  # status is due (the reader link changed)
+    barrier: bool = False
+    reader_up: bool = False
+    outbox: deque[Pending] = field(default_factory=deque)
+    results: deque[tuple[str, bytes, Properties | None]] = field(default_factory=deque)
+    inflight: dict[int, Pending | None] = field(default_factory=dict)
+    early_acks: set[int] = field(default_factory=set)
+
+
+class _Client(paho.Client):
+    """paho's client, remembering why the last connection attempt failed (for the log)."""
+
+    last_error: BaseException | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_error = exc
+            raise
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def describe_connect_error(exc: BaseException | None) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate rejected ({exc.verify_message}): "
+            "check BRIDGE_MQTT_CA_FILE and that BRIDGE_MQTT_HOST matches the certificate"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason}): check BRIDGE_MQTT_TLS and the broker's port"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is the broker running and BRIDGE_MQTT_PORT right?"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}"
+    return "unknown error"
+
+
+class MqttLink:
+    """Publishes events, status, meta and results; hands command payloads to ``on_command``."""
+
+    def __init__(
+        self,
+        options: MqttOptions,
+        topics: Topics,
+        identity: Identity,
+        on_command: Callable[[IncomingCommand], None],
+    ) -> None:
+        self.options = options
+        self.topics = topics
+        self._identity = identity
+        self._on_command = on_command
+        self._cond = threading.Condition()
+        self._state = _Shared()
+        self._stopping = False
+        self._seq = time.time_ns() // 1000  # increases across restarts without any storage
+        self.counters = MqttCounters()
+        self._client = self._make_client()
+        self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
+
+    @property
+    def is_v5(self) -> bool:
+        return self.options.protocol == "5"
+
+    # -- construction --------------------------------------------------------------------
+
+    def _make_client(self) -> _Client:
+        protocol = MQTTProtocolVersion.MQTTv5 if self.is_v5 else MQTTProtocolVersion.MQTTv311
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.options.client_id,
+            protocol=protocol,
+            clean_session=None if self.is_v5 else True,
+        )
+        client.suppress_exceptions = True
+        client.max_inflight_messages_set(WINDOW)
+        # paho doubles the delay from its minimum; a random minimum spreads a fleet of bridges.
+        jitter = random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
+        client.reconnect_delay_set(jitter, RECONNECT_MAX)  # type: ignore[arg-type]  # float works
+        if self.options.username is not None:
+            password = self.options.password.get_secret_value() if self.options.password else None
+            client.username_pw_set(self.options.username, password)
+        if self.options.tls:
+            self._set_tls(client)
+        client.will_set(self.topics.status, status_payload(STATE_DEAD), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _set_tls(self, client: paho.Client) -> None:
+        insecure = self.options.tls_insecure
+        client.tls_set(
+            ca_certs=str(self.options.ca_file) if self.options.ca_file else None,
+            certfile=str(self.options.cert_file) if self.options.cert_file else None,
+            keyfile=str(self.options.key_file) if self.options.key_file else None,
+            cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED,
+        )
+        if insecure:
+            client.tls_insecure_set(True)
+            log.warning("BRIDGE_MQTT_TLS_INSECURE is on: the broker's certificate is NOT checked")
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        properties = None
+        if self.is_v5:
+            properties = _properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 0  # clean: no commands kept for us while away
+        self._client.connect_async(
+            self.options.host,
+            self.options.port,
+            keepalive=self.options.keepalive,
+            clean_start=True if self.is_v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self._client.loop_start()
+        self._pump.start()
+
+    def stop(self, drain_timeout: float = 3.0) -> None:
+        """Deliver what is pending (up to ``drain_timeout`` s), publish ``offline``, disconnect."""
+        deadline = time.monotonic() + drain_timeout
+        with self._cond:
+            self._cond.wait_for(lambda: not self._has_backlog(), timeout=drain_timeout)
+            connected = self._state.connected
+            self._stopping = True
+            self._cond.notify_all()
+        self._pump.join(timeout=max(0.1, deadline - time.monotonic()))
+        if connected:
+            info = self._client.publish(
+                self.topics.status, status_payload(STATE_OFFLINE), qos=1, retain=True
+            )
+            with self._cond:
+                # Never recorded by the pump, so its acknowledgement lands in early_acks.
+                self._cond.wait_for(
+                    lambda: info.mid in self._state.early_acks,
+                    timeout=max(0.5, deadline - time.monotonic()),
+                )
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._cond:
+            left = len(self._state.outbox) + len(self._state.inflight)
+        if left:
+            log.warning("stopping with %d event(s) not delivered to the broker", left)
+
+    def _has_backlog(self) -> bool:
+        state = self._state
+        return state.connected and bool(state.outbox or state.inflight or state.results)
+
+    def wait_connected(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._state.connected, timeout=timeout)
+
+    @property
+    def is_connected(self) -> bool:
+        with self._cond:
+            return self._state.connected
+
+    @property
+    def backlog(self) -> int:
+        """Events not yet acknowledged by the broker."""
+        with self._cond:
+            return len(self._state.outbox) + sum(
+                1 for item in self._state.inflight.values() if item
+            )
+
+    # -- what the application hands over ---------------------------------------------------
+
+    def publish_event(self, payload: bytes, received_at: float, received_mono: float) -> None:
+        with self._cond:
+            self._seq += 1
+            state = self._state
+            state.outbox.append(Pending(self._seq, payload, received_at, received_mono))
+            if len(state.outbox) + len(state.inflight) > self.options.outbox_size:
+                dropped = state.outbox.popleft()
+                self.counters.dropped += 1
+                if self.counters.dropped == 1 or self.counters.dropped % 1000 == 0:
+                    log.warning(
+                        "outbox full (%d events, BRIDGE_OUTBOX_SIZE): dropped the oldest, seq %d; "
+                        "%d dropped so far",
+                        self.options.outbox_size,
+                        dropped.seq,
+                        self.counters.dropped,
+                    )
+            self._cond.notify_all()
+
+    def publish_result(self, payload: bytes, command: IncomingCommand) -> None:
+        with self._cond:
+            self._state.results.append((self.topics.result, payload, None))
+            if command.response_topic and self.is_v5:
+                properties = _properties(PacketTypes.PUBLISH)
+                if command.correlation is not None:
+                    properties.CorrelationData = command.correlation
+                self._state.results.append((command.response_topic, payload, properties))
+            while len(self._state.results) > 1000:  # nobody reads results that old
+                self._state.results.popleft()
+            self._cond.notify_all()
+
+    def set_reader_up(self, up: bool) -> None:
+        with self._cond:
+            if self._state.reader_up != up:
+                self._state.reader_up = up
+                self._state.status_due = True
+                self._cond.notify_all()
+
+    # -- the pump: the one thread that publishes ------------------------------------------
+
+    def _pump_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or self._has_work(), timeout=1.0)
+                if self._stopping:
+                    return
+                if not self._has_work():
+                    continue
+                job = self._next_job()
+            try:
+                self._run_job(job)
+            except Exception:  # a bug here must not stop event delivery for good
+                log.exception("publishing failed")
+                time.sleep(0.5)
+
+    def _has_work(self) -> bool:
+        state = self._state
+        if not state.connected:
+            return False
+        ready = bool(state.outbox) and not state.barrier and len(state.inflight) < WINDOW
+        return state.announce or state.status_due or bool(state.results) or ready
+
+    def _next_job(self) -> Pending | tuple[str, bytes, Properties | None] | bool:
+        """What to publish next: True = meta and status, False = status, else a message."""
+        state = self._state
+        if state.announce or state.status_due:
+            with_meta = state.announce
+            state.announce = state.status_due = False
+            return with_meta
+        if state.results:
+            return state.results.popleft()
+        return state.outbox.popleft()
+
+    def _run_job(self, job: Pending | tuple[str, bytes, Properties | None] | bool) -> None:
+        if isinstance(job, bool):
+            self._announce(with_meta=job)
+        elif isinstance(job, Pending):
+            self._publish_pending(job)
+        else:
+            topic, payload, properties = job
+            self._record(self._client.publish(topic, payload, qos=1, properties=properties), None)
+
+    def _announce(self, with_meta: bool) -> None:
+        with self._cond:
+            up = self._state.reader_up
+        if with_meta:
+            meta = meta_payload(self._identity)
+            self._record(self._client.publish(self.topics.meta, meta, qos=1, retain=True), None)
+        status = status_payload(STATE_READY if up else STATE_OFFLINE)
+        self._record(self._client.publish(self.topics.status, status, qos=1, retain=True), None)
+
+    def _publish_pending(self, item: Pending) -> None:
+        properties = None
+        if self.is_v5:
+            properties = _properties(PacketTypes.PUBLISH)
+            user = [("seq", str(item.seq)), ("received_at", _iso(item.received_at))]
+            with self._cond:
+                late = item.received_mono < self._state.connected_since
+            if late:
+                age_ms = int((time.monotonic() - item.received_mono) * 1000)
+                user += [("late", "true"), ("age_ms", str(age_ms))]
+            properties.UserProperty = user
+        qos = self.options.qos
+        info = self._client.publish(self.topics.event, item.payload, qos=qos, properties=properties)
+        if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            with self._cond:  # QoS 0 is not kept by paho: put it back, in front
+                self._state.outbox.appendleft(item)
+            return
+        self._record(info, item)
+
+    def _record(self, info: paho.MQTTMessageInfo, item: Pending | None) -> None:
+        with self._cond:
+            if info.mid in self._state.early_acks:
+                self._state.early_acks.discard(info.mid)
+                self._count_ack(item, None)
+            else:
+                self._state.inflight[info.mid] = item
+            self._cond.notify_all()
+
+    def _count_ack(self, item: Pending | None, reason: ReasonCode | None) -> None:
+        if item is None:
+            return
+        if reason is not None and reason.is_failure:
+            self.counters.rejected += 1
+            log.error(
+                "broker refused event seq %d (%s): check the broker's ACL for %s",
+                item.seq,
+                reason,
+                self.topics.event,
+            )
+        else:
+            self.counters.published += 1
+
+    # -- paho callbacks: record, notify, never block, never raise -------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                hint = _CONNACK_HINTS.get(reason_code.value, "see the broker's log")
+                log.error("broker %s refused the connection: %s", self._where(), hint)
+                return
+            options = SubscribeOptions(qos=self.options.qos, retainHandling=2)
+            if self.is_v5:
+                client.subscribe(self.topics.command, options=options)
+            else:
+                client.subscribe(self.topics.command, qos=self.options.qos)
+            with self._cond:
+                state = self._state
+                state.connected = True
+                state.connected_since = time.monotonic()
+                state.announce = True
+                # paho re-sends what was in flight once this returns; new events wait for it.
+                state.barrier = bool(state.inflight)
+                self.counters.connects += 1
+                self._cond.notify_all()
+            log.info("connected to broker %s", self._where())
+        except Exception:
+            log.exception("on_connect failed")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        try:
+            reason = describe_connect_error(self._client.last_error)
+            log.warning("cannot connect to broker %s: %s; retrying", self._where(), reason)
+        except Exception:
+            log.exception("on_connect_fail failed")
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._cond:
+                was_connected = self._state.connected
+                self._state.connected = False
+                self._cond.notify_all()
+            if self._stopping or not was_connected:
+                return
+            if reason_code.value == _SESSION_TAKEN_OVER:
+                log.error(
+                    "another client connected to the broker with our client id %r and took "
+                    "over the session: give each bridge its own BRIDGE_MQTT_CLIENT_ID",
+                    self.options.client_id,
+                )
+            else:
+                log.warning("lost the broker %s (%s); reconnecting", self._where(), reason_code)
+        except Exception:
+            log.exception("on_disconnect failed")
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            if message.topic != self.topics.command:
+                return
+            properties = getattr(message, "properties", None)
+            response = getattr(properties, "ResponseTopic", None)
+            correlation = getattr(properties, "CorrelationData", None)
+            self._on_command(
+                IncomingCommand(
+                    payload=bytes(message.payload),
+                    received=time.monotonic(),
+                    retained=bool(message.retain),
+                    response_topic=response if isinstance(response, str) else None,
+                    correlation=bytes(correlation) if correlation is not None else None,
+                )
+            )
+        except Exception:
+            log.exception("on_message failed")
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        try:
+            with self._cond:
+                state = self._state
+                if mid in state.inflight:
+                    self._count_ack(state.inflight.pop(mid), reason_code)
+                else:
+                    state.early_acks.add(mid)  # the pump records it in a moment
+                if not state.inflight:
+                    state.barrier = False
+                self._cond.notify_all()
+        except Exception:
+            log.exception("on_publish failed")
+
+    def _where(self) -> str:
+        return f"{self.options.host}:{self.options.port}"

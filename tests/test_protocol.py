@@ -1,0 +1,774 @@
+"""Tests for bridge.protocol, the sans-I/O decoder that frames READER EVENTs out of TCP bytes.
+
+Held to h11's bar (STYLE.md, "Tests"): golden byte sequences fed whole, one byte at a time and
+split at every point; the caps at exactly the limit and one byte over; every kind of garbage the
+reader link can plausibly carry; and Hypothesis properties over arbitrary bytes in arbitrary
+chunks (h11's fuzz invariant: events or the decoder's own error, never more memory than the cap).
+
+Tests marked ``xfail(strict=True)`` pin bugs found in protocol.py; each reason says what is wrong.
+They turn into failures (XPASS) once the bug is fixed, and the marker should then go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.protocol import (
+    DEFAULT_MAX_OBJECT,
+    SAMPLE_SIZE,
+    Frame,
+    Item,
+    ProtocolError,
+    Skipped,
+    StreamDecoder,
+)
+
+# -- helpers ---------------------------------------------------------------------------------
+
+THREE_CHUNK_SPLITS = 40
+"""How many random three-chunk splits each golden stream is fed in (seeded, so repeatable)."""
+
+Comparable = tuple[object, ...]
+Chunker = Callable[[bytes], list[bytes]]
+
+
+def frame(payload: bytes) -> Frame:
+    """The Frame expected for a compact ``payload``, with its decoded fields."""
+    return Frame(payload, json.loads(payload))
+
+
+def comparable(items: Iterable[Item]) -> list[Comparable]:
+    """``items`` as tuples; unlike ``Frame.__eq__`` these also compare fields and key order."""
+    return [
+        ("Frame", item.payload, list(item.fields.items()))
+        if isinstance(item, Frame)
+        else ("Skipped", item.reason, item.size, item.sample)
+        for item in items
+    ]
+
+
+def feed_chunks(chunks: Iterable[bytes], max_object: int = DEFAULT_MAX_OBJECT) -> list[Item]:
+    """Feed ``chunks`` to one new decoder; check the memory bound after every feed."""
+    decoder = StreamDecoder(max_object)
+    items: list[Item] = []
+    for chunk in chunks:
+        items += decoder.feed(chunk)
+        assert decoder.buffered <= max_object
+    return items
+
+
+def feed_whole(data: bytes, max_object: int = DEFAULT_MAX_OBJECT) -> list[Item]:
+    return feed_chunks([data], max_object)
+
+
+def one_byte_at_a_time(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def split(data: bytes, *cuts: int) -> list[bytes]:
+    """``data`` cut at the sorted offsets ``cuts`` (empty chunks allowed)."""
+    bounds = [0, *cuts, len(data)]
+    return [data[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+
+def random_chunks(data: bytes, seed: int, largest: int) -> list[bytes]:
+    """``data`` in random chunk sizes from 1 to ``largest`` bytes."""
+    rng = random.Random(seed)
+    chunks: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        size = rng.randint(1, largest)
+        chunks.append(data[pos : pos + size])
+        pos += size
+    return chunks
+
+
+def chunkings(data: bytes) -> Iterator[tuple[str, list[bytes]]]:
+    """Byte by byte, two chunks at every split point, and a few three-chunk splits."""
+    yield "one byte at a time", one_byte_at_a_time(data)
+    for cut in range(len(data) + 1):
+        yield f"split at {cut}", split(data, cut)
+    rng = random.Random(len(data))
+    for _ in range(THREE_CHUNK_SPLITS):
+        first, second = sorted(rng.sample(range(len(data) + 1), 2))
+        yield f"split at {first} and {second}", split(data, first, second)
+
+
+def assert_decodes_in_every_chunking(
+    data: bytes, expected: Sequence[Item], max_object: int = DEFAULT_MAX_OBJECT
+) -> None:
+    """``data`` gives ``expected`` whole, and exactly the same however it is chunked."""
+    want = comparable(expected)
+    assert comparable(feed_whole(data, max_object)) == want
+    for how, chunks in chunkings(data):
+        assert comparable(feed_chunks(chunks, max_object)) == want, how
+
+
+def compact(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- golden reader events (PROTOCOL.md §2) ---------------------------------------------------
+
+NFC_A = (
+    b'{"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"047DAE02C84080",'
+    b'"TagData":"00047DAE02C84080","Uptime":"699:16.850"}'
+)
+BLE = (
+    b'{"Interface":"bluetooth","Protocol":"BLE","Template":0,"TagId":"D4:36:39:8A:5C:01",'
+    b'"RSSI":-67,"TagData":"0201061AFF4C000215","TagDetails":"0C094D792050686F6E65",'
+    b'"Uptime":"699:17.002"}'
+)
+UHF_EPC = (
+    b'{"Interface":"900","Protocol":"UHF-EPC","Template":1,"TagId":"E28011606000020D8A6B1234",'
+    b'"RSSI":-52,"Uptime":"699:18.120"}'
+)
+INSERT = (
+    b'{"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"047DAE02C84080",'
+    b'"Move":"Insert","Uptime":"699:20.001"}'
+)
+REMOVE = (
+    b'{"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"047DAE02C84080",'
+    b'"Move":"Remove","Uptime":"699:23.417"}'
+)
+LEGACY = (  # older firmware: Rssi, State, DateTime and an integer Sequence counter
+    b'{"Interface":"bluetooth","Protocol":"iBeacon","Template":0,"TagId":"C0FFEE000001",'
+    b'"Rssi":-80,"State":"Insert","DateTime":"2024-05-01T12:00:00","Sequence":42,'
+    b'"Uptime":"12:3.004"}'
+)
+GOLDEN_EVENTS = [NFC_A, BLE, UHF_EPC, INSERT, REMOVE, LEGACY]
+
+SEPARATORS = {
+    "none": [b""],
+    "crlf": [b"\r\n"],
+    "lf": [b"\n"],
+    "nul": [b"\x00"],
+    "spaces": [b"   "],
+    "mixed": [b"\r\n", b"", b"\x00", b" \t ", b"\n\x00\r\n", b"\x00\x00"],
+}
+
+
+def join_events(events: Iterable[bytes], separators: Sequence[bytes]) -> bytes:
+    """``events`` with a separator before, between and after them, cycling ``separators``."""
+    gaps = itertools.cycle(separators)
+    return next(gaps) + b"".join(event + next(gaps) for event in events)
+
+
+def test_golden_events_are_compact_json_objects() -> None:
+    # Guards the goldens themselves: each is what the reader sends, already compact.
+    for event in GOLDEN_EVENTS:
+        assert compact(json.loads(event)) == event
+
+
+@pytest.mark.parametrize("separator", SEPARATORS, ids=str)
+def test_golden_events_decode_identically_in_every_chunking(separator: str) -> None:
+    stream = join_events(GOLDEN_EVENTS, SEPARATORS[separator])
+    assert_decodes_in_every_chunking(stream, [frame(event) for event in GOLDEN_EVENTS])
+
+
+@pytest.mark.parametrize("separator", SEPARATORS, ids=str)
+def test_golden_frames_carry_the_reader_fields(separator: str) -> None:
+    items = feed_whole(join_events([NFC_A, BLE], SEPARATORS[separator]))
+    assert [type(item) for item in items] == [Frame, Frame]
+    nfc, ble = items
+    assert isinstance(nfc, Frame)
+    assert isinstance(ble, Frame)
+    assert nfc.fields == {
+        "Interface": "13.56",
+        "Protocol": "NFC-A",
+        "Template": 1,
+        "TagId": "047DAE02C84080",
+        "TagData": "00047DAE02C84080",
+        "Uptime": "699:16.850",
+    }
+    assert list(nfc.fields) == ["Interface", "Protocol", "Template", "TagId", "TagData", "Uptime"]
+    assert ble.fields["RSSI"] == -67
+    assert ble.fields["Template"] == 0
+
+
+def test_nothing_but_separators_yields_nothing_and_holds_nothing() -> None:
+    decoder = StreamDecoder()
+    assert decoder.feed(b"") == []
+    assert decoder.feed(b"\r\n\x00 \t\n" * 100) == []
+    assert decoder.buffered == 0
+
+
+def test_unfinished_object_waits_for_more_bytes() -> None:
+    decoder = StreamDecoder()
+    assert decoder.feed(NFC_A[:-1]) == []
+    assert decoder.buffered == len(NFC_A) - 1
+    assert comparable(decoder.feed(b"}" + INSERT)) == comparable([frame(NFC_A), frame(INSERT)])
+    assert decoder.buffered == 0
+
+
+def test_whitespace_between_tokens_is_not_held() -> None:
+    decoder = StreamDecoder()
+    assert decoder.feed(b'{ "a" :\r\n') == []
+    assert decoder.buffered == len(b'{"a":')
+
+
+# -- payload: compact, in the reader's order and spelling --------------------------------------
+
+PAYLOADS = {
+    "spaces between tokens": (b'{ "b" : 1.50 , "a" : "x y" }', b'{"b":1.50,"a":"x y"}'),
+    "tabs and line breaks between tokens": (
+        b'{\r\n\t"Template" :\t1 ,\n  "TagId" : "04 7D AE"\r\n}',
+        b'{"Template":1,"TagId":"04 7D AE"}',
+    ),
+    "spaces inside strings": (b'{"  k  ":"  v  w  "}', b'{"  k  ":"  v  w  "}'),
+    "escapes verbatim": (
+        rb'{"q": "say \"hi\"", "p": "C:\\dir\\", "e": "caf\u00e9", "n": "a\nb", "s": "\/"}',
+        rb'{"q":"say \"hi\"","p":"C:\\dir\\","e":"caf\u00e9","n":"a\nb","s":"\/"}',
+    ),
+    "braces and brackets inside strings": (
+        rb'{"a": "}{][,:", "b": "\\", "c": "\"}{"}',
+        rb'{"a":"}{][,:","b":"\\","c":"\"}{"}',
+    ),
+    "nested objects and arrays": (
+        b'{ "a" : { "b" : [ 1 , { "c" : [ ] } ] , "d" : { } } , "e" : [ [ ] , { } ] }',
+        b'{"a":{"b":[1,{"c":[]}],"d":{}},"e":[[],{}]}',
+    ),
+    "number spelling": (
+        b'{"i":-0,"e":1E+10,"f":0.000,"g":-1.5e-3,"h":12345678901234567890}',
+        b'{"i":-0,"e":1E+10,"f":0.000,"g":-1.5e-3,"h":12345678901234567890}',
+    ),
+    "literals": (b'{"t": true, "f": false, "n": null}', b'{"t":true,"f":false,"n":null}'),
+    "raw UTF-8": ('{"Name": "Café ☕ 🎫"}'.encode(), '{"Name":"Café ☕ 🎫"}'.encode()),
+    "empty object": (b"{ }", b"{}"),
+}
+
+
+@pytest.mark.parametrize(("raw", "expected"), PAYLOADS.values(), ids=PAYLOADS.keys())
+def test_payload_is_compact_and_keeps_order_and_spelling(raw: bytes, expected: bytes) -> None:
+    items = feed_whole(raw)
+    assert items == [Frame(expected, {})]
+    assert isinstance(items[0], Frame)
+    decoded = json.loads(raw)
+    assert items[0].fields == decoded
+    assert list(items[0].fields) == list(decoded)
+
+
+@pytest.mark.parametrize(("raw", "expected"), PAYLOADS.values(), ids=PAYLOADS.keys())
+def test_payload_is_the_same_in_every_chunking(raw: bytes, expected: bytes) -> None:
+    # Between two events, so a chunk boundary inside an escape or a UTF-8 sequence is covered.
+    stream = NFC_A + raw + b"\r\n" + REMOVE
+    assert_decodes_in_every_chunking(stream, [frame(NFC_A), frame(expected), frame(REMOVE)])
+
+
+def test_fields_keep_the_reader_key_order_and_values() -> None:
+    (item,) = feed_whole(b'{ "b" : 1.50 , "a" : "x y", "c": "caf\\u00e9" }')
+    assert isinstance(item, Frame)
+    assert list(item.fields.items()) == [("b", 1.5), ("a", "x y"), ("c", "café")]
+
+
+def test_duplicate_keys_stay_in_the_payload() -> None:
+    # The payload is what the reader sent; fields follow json.loads (last one wins).
+    (item,) = feed_whole(b'{"RSSI":-60,"RSSI":-61}')
+    assert item == Frame(b'{"RSSI":-60,"RSSI":-61}', {})
+    assert isinstance(item, Frame)
+    assert item.fields == {"RSSI": -61}
+
+
+# -- a long TagData ----------------------------------------------------------------------------
+
+LONG_TAG_DATA = (bytes(range(256)).hex().upper().encode() * 40)[: 20 * 1024]
+LONG_EVENT = (
+    b'{"Interface":"13.56","Protocol":"NFC-A","Template":2,"TagId":"047DAE02C84080",'
+    b'"TagData":"' + LONG_TAG_DATA + b'","Uptime":"699:21.300"}'
+)
+LONG_STREAM = NFC_A + b"\r\n" + LONG_EVENT + b"\r\n" + REMOVE
+
+
+def test_20kb_tag_data_passes_whole() -> None:
+    items = feed_whole(LONG_STREAM)
+    assert comparable(items) == comparable([frame(NFC_A), frame(LONG_EVENT), frame(REMOVE)])
+    assert isinstance(items[1], Frame)
+    assert items[1].fields["TagData"] == LONG_TAG_DATA.decode()
+
+
+def test_20kb_tag_data_passes_one_byte_at_a_time() -> None:
+    items = feed_chunks(one_byte_at_a_time(LONG_STREAM))
+    assert comparable(items) == comparable([frame(NFC_A), frame(LONG_EVENT), frame(REMOVE)])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_20kb_tag_data_passes_in_random_chunk_sizes(seed: int) -> None:
+    largest = [3, 17, 512, 1460, 4096, 8192, 16384, 30000][seed]
+    items = feed_chunks(random_chunks(LONG_STREAM, seed, largest))
+    assert comparable(items) == comparable([frame(NFC_A), frame(LONG_EVENT), frame(REMOVE)])
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def padded_object(size: int) -> bytes:
+    """A TagData object of exactly ``size`` raw bytes."""
+    head, tail = b'{"TagData":"', b'"}'
+    return head + b"A" * (size - len(head) - len(tail)) + tail
+
+
+def over_cap(max_object: int, size: int, sample: bytes) -> Skipped:
+    return Skipped(f"object larger than {max_object} bytes", size, sample[:SAMPLE_SIZE])
+
+
+CAPPED_OBJECTS = {
+    "digits": b'{"a":1}',
+    "spaced": b'{ "a" : "b c" }',
+    "nested": b'{"a":[{"b":true}]}',
+    "TagData 100": padded_object(100),
+    "TagData 300": padded_object(300),
+}
+
+
+@pytest.mark.parametrize("obj", CAPPED_OBJECTS.values(), ids=CAPPED_OBJECTS.keys())
+def test_object_of_exactly_max_object_raw_bytes_is_a_frame(obj: bytes) -> None:
+    # Raw bytes count, whitespace included, so the cap is the same for any chunking.
+    payload = compact(json.loads(obj))
+    stream = obj + b"\r\n" + obj
+    assert_decodes_in_every_chunking(stream, [frame(payload), frame(payload)], len(obj))
+
+
+@pytest.mark.parametrize("obj", CAPPED_OBJECTS.values(), ids=CAPPED_OBJECTS.keys())
+def test_object_one_byte_over_max_object_is_skipped_then_next_frame(obj: bytes) -> None:
+    cap = len(obj) - 1
+    payload = compact(json.loads(obj))
+    expected = [over_cap(cap, len(obj), payload[:-1]), frame(b"{}")]
+    assert_decodes_in_every_chunking(obj + b"{}", expected, cap)
+    (skipped, _) = feed_whole(obj + b"{}", cap)
+    assert isinstance(skipped, Skipped)
+    assert str(cap) in skipped.reason
+
+
+def test_smallest_cap_accepts_empty_object_only() -> None:
+    assert comparable(feed_whole(b'{}{"a":1}{}', 2)) == comparable(
+        [frame(b"{}"), over_cap(2, 3, b'{"'), frame(b"{}")]
+    )
+
+
+OVERFLOW_OBJECT = b'{"a" : "bc", "d":[12, true],"e":{}}'
+
+
+@pytest.mark.parametrize("cap", range(2, len(OVERFLOW_OBJECT)))
+def test_overflow_is_reported_once_at_the_first_byte_over_the_cap(cap: int) -> None:
+    # Every cap puts the first byte over it on a different token: quote, string, digit,
+    # literal, space, bracket, brace. Byte by byte that byte is exactly cap + 1.
+    held = OVERFLOW_OBJECT[:cap].replace(b" ", b"")
+    expected = [over_cap(cap, cap + 1, held), frame(b"{}")]
+    stream = OVERFLOW_OBJECT + b"\n{}"
+    assert comparable(feed_chunks(one_byte_at_a_time(stream), cap)) == comparable(expected)
+    whole = feed_whole(stream, cap)
+    assert [type(item) for item in whole] == [Skipped, Frame]
+    assert isinstance(whole[0], Skipped)
+    assert whole[0].reason == f"object larger than {cap} bytes"
+    assert whole[0].size > cap
+
+
+def test_default_cap_is_64_kib() -> None:
+    assert DEFAULT_MAX_OBJECT == 65536
+    assert StreamDecoder().max_object == DEFAULT_MAX_OBJECT
+
+
+DEFAULT_CAP_STREAMS: dict[str, Chunker] = {
+    "whole": lambda data: [data],
+    "one byte at a time": one_byte_at_a_time,
+    "random chunks": lambda data: random_chunks(data, 65536, 3000),
+    "split in the middle": lambda data: split(data, len(data) // 2),
+}
+
+
+@pytest.mark.parametrize("chunker", DEFAULT_CAP_STREAMS.values(), ids=DEFAULT_CAP_STREAMS.keys())
+def test_default_cap_exact_is_a_frame_and_one_over_is_skipped(chunker: Chunker) -> None:
+    exact = padded_object(DEFAULT_MAX_OBJECT)
+    over = padded_object(DEFAULT_MAX_OBJECT + 1)
+    stream = exact + b"\r\n" + over + b"\r\n" + NFC_A
+    expected = [
+        frame(exact),
+        over_cap(DEFAULT_MAX_OBJECT, DEFAULT_MAX_OBJECT + 1, over),
+        frame(NFC_A),
+    ]
+    assert comparable(feed_chunks(chunker(stream))) == comparable(expected)
+
+
+def test_oversized_object_is_skipped_by_structure_not_by_first_brace() -> None:
+    # The tail of an oversized object is still parsed: braces inside its strings or nested
+    # objects must not resynchronise, or half an event would be published.
+    big = b'{"TagData_______":"' + b"x" * 20 + b'{\\"b\\":1}", "c":{"d":"}{"}, "e":[{}]}'
+    expected = [over_cap(16, 17, big[:16]), frame(b'{"f":2}')]  # 17th byte: the key's quote
+    assert_decodes_in_every_chunking(big + b'{"f":2}', expected, 16)
+
+
+def test_oversized_object_that_never_closes_is_reported_once() -> None:
+    big = b'{"TagData_______":"' + b"x" * 30 + b"\r\n"
+    expected = [over_cap(16, 17, big[:16]), frame(b'{"f":2}')]
+    assert_decodes_in_every_chunking(big + b'{"f":2}', expected, 16)
+
+
+def test_junk_longer_than_the_cap_is_reported_in_bounded_pieces() -> None:
+    junk = b"$SCRDR;UID=047DAE02C84080;" * 4  # 104 bytes, no separator, no brace
+    pieces = [junk[start : start + 16] for start in range(0, len(junk), 16)]
+    expected = [*(Skipped("not JSON", len(piece), piece) for piece in pieces), frame(b"{}")]
+    assert_decodes_in_every_chunking(junk + b"{}", expected, 16)
+
+
+def test_junk_longer_than_the_default_cap_holds_only_a_sample() -> None:
+    junk = b"#" * (3 * DEFAULT_MAX_OBJECT + 100)
+    decoder = StreamDecoder()
+    items: list[Item] = []
+    for chunk in random_chunks(junk + b"\r\n" + NFC_A, 3, 10000):
+        items += decoder.feed(chunk)
+        assert decoder.buffered <= SAMPLE_SIZE
+    sample = b"#" * SAMPLE_SIZE
+    assert comparable(items) == comparable(
+        [
+            *[Skipped("not JSON", DEFAULT_MAX_OBJECT, sample)] * 3,
+            Skipped("not JSON", 100, sample),
+            frame(NFC_A),
+        ]
+    )
+
+
+@pytest.mark.parametrize("max_object", [1, 0, -1, -65536])
+def test_cap_below_two_bytes_is_a_protocol_error(max_object: int) -> None:
+    with pytest.raises(ProtocolError, match=f"at least 2 bytes, got {max_object}$"):
+        StreamDecoder(max_object)
+
+
+# -- garbage: skipped with a reason, and the next good event still gets through ----------------
+
+CUT = "object cut short"
+NOT_JSON = "not JSON"
+GOOD = frame(NFC_A)
+
+GARBAGE = {
+    "binary noise": (b"\x01\x02\xfe\xff\x7f\r\n", [Skipped(NOT_JSON, 5, b"\x01\x02\xfe\xff\x7f")]),
+    "noise glued to the event": (b"garbage", [Skipped(NOT_JSON, 7, b"garbage")]),
+    "$SCRDR text line": (
+        b"$SCRDR;T=NFC-A;UID=047DAE02C84080;UPT=699:16.850\r\n",
+        [Skipped(NOT_JSON, 48, b"$SCRDR;T=NFC-A;UID=047DAE02C84080;UPT=69")],
+    ),
+    "JSON that is not an object": (
+        b'[1,2]\n"x"\n42\n',
+        [Skipped(NOT_JSON, 5, b"[1,2]"), Skipped(NOT_JSON, 3, b'"x"'), Skipped(NOT_JSON, 2, b"42")],
+    ),
+    "stray closing brace": (b"}", [Skipped(NOT_JSON, 1, b"}")]),
+    "invalid UTF-8 in a string": (
+        b'{"TagData":"\xc3\x28"}\r\n',
+        [Skipped("invalid UTF-8", 16, b'{"TagData":"\xc3\x28"}')],
+    ),
+    "truncated UTF-8 sequence in a string": (
+        b'{"TagData":"caf\xc3"}',
+        [Skipped("invalid UTF-8", 18, b'{"TagData":"caf\xc3"}')],
+    ),
+    "invalid UTF-8 as a value": (b'{"a":\xff}', [Skipped("invalid UTF-8", 7, b'{"a":\xff}')]),
+    "missing value": (b'{"a":}', [Skipped("invalid JSON (Expecting value)", 6, b'{"a":}')]),
+    "trailing comma": (
+        b'{"a":1,}',
+        [
+            Skipped(
+                "invalid JSON (Expecting property name enclosed in double quotes)",
+                8,
+                b'{"a":1,}',
+            )
+        ],
+    ),
+    "unquoted key": (
+        b"{a:1}",
+        [Skipped("invalid JSON (Expecting property name enclosed in double quotes)", 5, b"{a:1}")],
+    ),
+    "mismatched brackets": (
+        b'{"a":[1}]',
+        [Skipped("invalid JSON (Expecting ',' delimiter)", 9, b'{"a":[1}]')],
+    ),
+    "NaN": (b'{"a":NaN}', [Skipped("invalid JSON (NaN is not JSON)", 9, b'{"a":NaN}')]),
+    "Infinity": (
+        b'{"RSSI":Infinity}',
+        [Skipped("invalid JSON (Infinity is not JSON)", 17, b'{"RSSI":Infinity}')],
+    ),
+    "-Infinity": (
+        b'{"RSSI":-Infinity}',
+        [Skipped("invalid JSON (-Infinity is not JSON)", 18, b'{"RSSI":-Infinity}')],
+    ),
+    "never closes, then CRLF": (
+        # CR LF between tokens is JSON whitespace and counted; the next "{" cannot follow a value.
+        b'{"Interface":"13.56","Protocol":"NFC-A","Template":1\r\n',
+        [Skipped(CUT, 54, b'{"Interface":"13.56","Protocol":"NFC-A",')],
+    ),
+    "cut by a new event": (
+        b'{"Interface":"13.56","Template":1',
+        [Skipped(CUT, 33, b'{"Interface":"13.56","Template":1')],
+    ),
+    "cut by a new brace after a string": (
+        b'{"Interface":"13.56"',
+        [Skipped(CUT, 20, b'{"Interface":"13.56"')],
+    ),
+    "cut by a new brace after a brace": (b"{", [Skipped(CUT, 1, b"{")]),
+    "cut by NUL between tokens": (b'{"a":1,"b"\x00', [Skipped(CUT, 10, b'{"a":1,"b"')]),
+    "raw tab inside a string": (
+        b'{"a":"x\ty"}\r\n',
+        [Skipped(CUT, 7, b'{"a":"x'), Skipped(NOT_JSON, 3, b'y"}')],
+    ),
+    "unterminated string, then CRLF": (
+        b'{"Interface":"13.56","TagId":"047DAE\r\n',
+        [Skipped(CUT, 36, b'{"Interface":"13.56","TagId":"047DAE')],
+    ),
+    "unterminated string, then LF": (b'{"TagId":"047D\n', [Skipped(CUT, 14, b'{"TagId":"047D')]),
+    "unterminated string, then NUL": (b'{"TagId":"047D\x00', [Skipped(CUT, 14, b'{"TagId":"047D')]),
+    "unterminated escape, then NUL": (b'{"a":"\\\x00', [Skipped(CUT, 7, b'{"a":"\\')]),
+    "extra closing brace after a good object": (
+        b'{"a":1}}',
+        [frame(b'{"a":1}'), Skipped(NOT_JSON, 1, b"}")],
+    ),
+}
+
+
+@pytest.mark.parametrize(("garbage", "skipped"), GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_is_skipped_and_the_next_event_gets_through(
+    garbage: bytes, skipped: list[Item]
+) -> None:
+    assert_decodes_in_every_chunking(garbage + NFC_A, [*skipped, GOOD])
+
+
+@pytest.mark.parametrize("separator", [b"", b" "], ids=["glued", "space"])
+def test_unterminated_string_swallows_a_glued_event(separator: bytes) -> None:
+    # Known limitation, pinned: inside a string "{" and " are ordinary text, so an event glued
+    # to a string cut short becomes that string's tail. The cut event is reported up to where
+    # the JSON breaks, the rest of the glued event as junk; the event after that gets through.
+    cut = b'{"TagId":"047D' + separator
+    tail = NFC_A[len(b'{"Interface') :]
+    expected = [
+        Skipped(CUT, len(cut) + 11, (cut + b'{"Interface')[:SAMPLE_SIZE]),
+        Skipped(NOT_JSON, len(tail), tail[:SAMPLE_SIZE]),
+        frame(INSERT),
+    ]
+    assert_decodes_in_every_chunking(cut + NFC_A + INSERT, expected)
+
+
+def test_skipped_sample_is_bounded() -> None:
+    items = feed_whole(b"x" * 1000 + b"\r\n" + b'{"a":"' + b"y" * 1000 + b'\x00{"a":1,}')
+    assert comparable(items) == comparable(
+        [
+            Skipped(NOT_JSON, 1000, b"x" * SAMPLE_SIZE),
+            Skipped(CUT, 1006, b'{"a":"' + b"y" * (SAMPLE_SIZE - 6)),
+            Skipped(
+                "invalid JSON (Expecting property name enclosed in double quotes)",
+                8,
+                b'{"a":1,}',
+            ),
+        ]
+    )
+
+
+# -- bugs found while writing these tests (see each reason) ------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: whitespace between two bare tokens is dropped, so '1 2' becomes the number 12",
+)
+@pytest.mark.parametrize("raw", [b'{"a":1 2}', b'{"a":tr ue}', b'{"a":- 1}', b'{"a":1 .5}'])
+def test_whitespace_inside_a_bare_token_is_invalid_json(raw: bytes) -> None:
+    # Python's json rejects all of these; the decoder must not publish an altered value.
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+    items = feed_whole(raw)
+    assert len(items) == 1
+    assert isinstance(items[0], Skipped)
+    assert items[0].reason.startswith("invalid JSON")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an oversized Skipped's size/sample depend on chunking (plain runs are not "
+    "capped like string runs; the sample is taken before the run that overflowed)",
+)
+@pytest.mark.parametrize(
+    ("raw", "cap"),
+    [(b'{"a":12345}', 7), (b'{"a":true}', 7), (b'{"a":"xxxxxxxxxx"}', 10)],
+    ids=["number", "literal", "string"],
+)
+def test_oversized_report_does_not_depend_on_chunking(raw: bytes, cap: int) -> None:
+    assert comparable(feed_whole(raw, cap)) == comparable(feed_chunks(one_byte_at_a_time(raw), cap))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RecursionError,
+    reason="BUG: json.loads raises RecursionError on deep nesting well under the cap; "
+    "_finish only catches ValueError, so feed() raises",
+)
+def test_deeply_nested_object_is_skipped_not_raised() -> None:
+    depth = 30000
+    nested = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
+    assert len(nested) < DEFAULT_MAX_OBJECT
+    items = feed_whole(nested + NFC_A)
+    assert len(items) == 2
+    assert isinstance(items[0], Skipped)
+    assert items[1] == GOOD
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a '{' right after ',' inside an object is taken as a nested value, though only "
+    "a key may follow there, so an event cut after a comma swallows the event glued to it",
+)
+def test_event_cut_after_a_comma_loses_only_itself() -> None:
+    # protocol.py: "a '{' where no value may start ... begins the next object, so a truncated
+    # event glued to a good one loses only itself".
+    cut = b'{"Interface":"13.56",'
+    assert comparable(feed_whole(cut + NFC_A)) == comparable([Skipped(CUT, len(cut), cut), GOOD])
+
+
+# -- properties --------------------------------------------------------------------------------
+
+FRAGMENTS = [
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"',
+    b"\\",
+    b":",
+    b",",
+    b" ",
+    b"\r\n",
+    b"\x00",
+    b"\xff",
+    b"\xc3\xa9",
+    b'"a"',
+    b"1",
+    b"true",
+    b"NaN",
+    b"$SCRDR;",
+    NFC_A,
+    INSERT,
+    NFC_A[:40],
+    NFC_A[40:],
+]
+"""Pieces that steer arbitrary bytes into the decoder's interesting states."""
+
+SKIP_REASONS = ("not JSON", "invalid UTF-8", "invalid JSON (", "object cut short", "object larger")
+
+arbitrary_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=8)), max_size=40).map(
+        b"".join
+    ),
+)
+caps = st.one_of(st.just(DEFAULT_MAX_OBJECT), st.integers(min_value=2, max_value=64))
+
+
+@st.composite
+def chunked(draw: st.DrawFn, data: st.SearchStrategy[bytes]) -> tuple[bytes, list[bytes]]:
+    """Some bytes and an arbitrary chunking of them (empty chunks included)."""
+    whole = draw(data)
+    cuts = draw(st.lists(st.integers(min_value=0, max_value=len(whole)), max_size=12))
+    return whole, split(whole, *sorted(cuts))
+
+
+def reject_constant(name: str) -> object:
+    raise ValueError(name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(arbitrary_bytes), caps)
+def test_arbitrary_bytes_give_items_within_the_cap(
+    stream: tuple[bytes, list[bytes]], max_object: int
+) -> None:
+    _, chunks = stream
+    decoder = StreamDecoder(max_object)
+    items: list[Item] = []
+    for chunk in chunks:
+        with contextlib.suppress(ProtocolError):  # the decoder's own error, nothing else
+            items += decoder.feed(chunk)
+        assert decoder.buffered <= max_object
+    for item in items:
+        if isinstance(item, Frame):
+            assert len(item.payload) <= max_object
+            decoded = json.loads(item.payload.decode(), parse_constant=reject_constant)
+            assert isinstance(decoded, dict)
+            assert list(decoded.items()) == list(item.fields.items())
+        else:
+            assert item.reason.startswith(SKIP_REASONS)
+            assert item.size > 0
+            assert len(item.sample) <= min(SAMPLE_SIZE, item.size)
+
+
+def without_oversize_details(items: Iterable[Item]) -> list[Comparable]:
+    # Masks the chunking-dependent size and sample of oversized objects (the xfail test
+    # test_oversized_report_does_not_depend_on_chunking); everything else compares exactly.
+    return [
+        (item[0], item[1])
+        if item[0] == "Skipped" and str(item[1]).startswith("object larger")
+        else item
+        for item in comparable(items)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(arbitrary_bytes))
+def test_chunking_does_not_change_the_items(stream: tuple[bytes, list[bytes]]) -> None:
+    whole, chunks = stream
+    assert comparable(feed_chunks(chunks)) == comparable(feed_whole(whole))
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(arbitrary_bytes), st.integers(min_value=2, max_value=64))
+def test_chunking_does_not_change_the_items_under_a_small_cap(
+    stream: tuple[bytes, list[bytes]], max_object: int
+) -> None:
+    whole, chunks = stream
+    assert without_oversize_details(feed_chunks(chunks, max_object)) == without_oversize_details(
+        feed_whole(whole, max_object)
+    )
+
+
+flat_objects = st.dictionaries(
+    st.text(max_size=12),
+    st.one_of(st.text(max_size=40), st.integers(), st.booleans(), st.none()),
+    max_size=8,
+)
+"""READER EVENT-shaped objects: string keys, flat scalar values (any text, escapes included)."""
+
+LAYOUTS = [
+    {"separators": (",", ":")},
+    {"separators": (", ", ": ")},
+    {"indent": 1},
+    {"indent": "\t"},
+]
+"""How the objects are written: the decoder must give the compact form for each."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(flat_objects, st.sampled_from([b"", b"\r\n", b"\n", b"\x00", b" "])),
+        max_size=8,
+    ),
+    st.sampled_from(LAYOUTS),
+    st.data(),
+)
+def test_valid_objects_come_back_exactly_in_any_chunking(
+    objects: list[tuple[dict[str, object], bytes]],
+    layout: dict[str, object],
+    data: st.DataObject,
+) -> None:
+    whole = b"".join(
+        json.dumps(obj, ensure_ascii=False, **layout).encode() + separator  # type: ignore[arg-type]
+        for obj, separator in objects
+    )
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(whole)), max_size=12))
+    items = feed_chunks(split(whole, *sorted(cuts)))
+    assert [type(item) for item in items] == [Frame] * len(objects)
+    for item, (obj, _) in zip(items, objects, strict=True):
+        assert isinstance(item, Frame)
+        assert item.payload == compact(obj)
+        assert item.fields == obj
+        assert list(item.fields) == list(obj)
