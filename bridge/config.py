@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     """Every setting of the bridge; ``config.example.env`` lists them all (a test checks)."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        env_ignore_empty=True,  # BRIDGE_X= (as in config.example.env) means "not set"
     )
 
     reader_host: str | None = Field(None, description="reader IP address or host name")
