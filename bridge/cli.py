@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the bridge (the default)")
     run.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="also start a simulated reader in this process and bridge it (no hardware needed)",
+    )
     _add_setting_flags(run)
     sim = sub.add_parser("simulate", help="run a SpringCore reader simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -74,6 +79,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     from bridge.app import Bridge  # noqa: PLC0415 - paho is imported only for the bridge itself
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields}
+    simulator = _start_demo_reader(overrides) if args.simulate else None
     try:
         settings = load_settings(env_file=args.env_file, **overrides)
         logs.configure(settings.log_level, settings.log_format)
@@ -85,7 +91,18 @@ def run_bridge(args: argparse.Namespace) -> int:
     bridge.start()
     _wait_for_signal()
     bridge.stop()
+    if simulator is not None:
+        simulator.stop()
     return 0
+
+
+def _start_demo_reader(overrides: dict[str, object]) -> Simulator:
+    """``run --simulate``: a simulated reader on a free local port, an event every 3 s."""
+    simulator = Simulator("127.0.0.1", 0).start()
+    threading.Thread(target=simulator.run_timer, args=(3.0, PROFILES, True), daemon=True).start()
+    overrides.update(reader_host="127.0.0.1", reader_port=simulator.port)
+    overrides["device_id"] = overrides.get("device_id") or "simulator"
+    return simulator
 
 
 def run_simulator(args: argparse.Namespace) -> int:
