@@ -42,6 +42,16 @@ _HEX = re.compile(r"[0-9A-Fa-f]+")
 _WORD = re.compile(r"[A-Za-z]+")
 _MAX_RELAYS: Final = 8
 _MAX_TRANSACTION: Final = 128
+_JSON_LITERALS: Final = ("null", "true", "false")
+_JSON_TYPES: Final = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 Transaction = str | int | float | None
 Value = str | int | bool | list[str | int | bool]
@@ -85,7 +95,7 @@ def parse_command(payload: bytes, allowed: frozenset[str] = frozenset(FIELDS)) -
         raise CommandError("command is empty; send JSON, $SCCMD text, or wink/accept/deny")
     if text.startswith("$"):
         command = _parse_sccmd(text)
-    elif _WORD.fullmatch(text):
+    elif _WORD.fullmatch(text) and text not in _JSON_LITERALS:
         command = _parse_word(text)
     else:
         command = _parse_json(text)
@@ -106,37 +116,37 @@ def _parse_word(text: str) -> Command:
 
 
 def _parse_json(text: str) -> Command:
+    duplicates: list[str] = []
+
+    def keep_first(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        # Duplicates are refused after parsing, so that the transaction can still be echoed.
+        result: dict[str, object] = {}
+        for key, value in pairs:
+            if key in result:
+                duplicates.append(key)
+            else:
+                result[key] = value
+        return result
+
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except _DuplicateKeyError as exc:
-        raise CommandError(f"key {exc} appears twice in the command") from None
+        value = json.loads(text, object_pairs_hook=keep_first, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":
             raise CommandError("payload holds more than one JSON value; send one object") from None
         raise CommandError(f"invalid JSON: {exc.msg} at character {exc.pos}") from None
     except ValueError as exc:
         raise CommandError(f"invalid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." under 1 KiB still nests deeper than json can follow
+        raise CommandError("invalid JSON: nested too deeply") from None
     if not isinstance(value, dict):
-        kind = type(value).__name__
-        raise CommandError(f"command must be a JSON object, got a JSON {kind}")
+        raise CommandError(f"command must be a JSON object, got {_JSON_TYPES[type(value)]}")
     transaction = _transaction(value)
     try:
+        if duplicates:
+            raise CommandError(f"key {duplicates[0]!r} appears twice in the command")
         return _build(value, transaction)
     except CommandError as exc:
         raise CommandError(str(exc), transaction) from None
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKeyError(repr(key))
-        result[key] = value
-    return result
 
 
 def _no_constant(name: str) -> object:
@@ -255,6 +265,8 @@ def _parse_sccmd(text: str) -> Command:
     SpringCard's pages disagree on the XOR checksum's span: between ``$`` and ``*``
     exclusive, or inclusive. Either is accepted; anything else is refused.
     """
+    if not text.isascii():
+        raise CommandError("$SCCMD text must be ASCII")
     body, star, checksum = text.partition("*")
     if star:
         _check_sccmd_checksum(body, checksum)
@@ -270,6 +282,8 @@ def _parse_sccmd(text: str) -> Command:
             raise CommandError(f"$SCCMD item {part!r} is not KEY=VALUE with KEY one of {known}")
         if name in found:
             raise CommandError(f"$SCCMD key {key.strip().upper()} appears twice")
+        if not _HEX.fullmatch(value.strip()):
+            raise CommandError(f"$SCCMD value {part!r} must be hex digits")
         found[name] = value.strip()  # hex, like a JSON string value
     return _build(found, None)
 
@@ -277,10 +291,7 @@ def _parse_sccmd(text: str) -> Command:
 def _check_sccmd_checksum(body: str, checksum: str) -> None:
     if not (len(checksum) == 2 and _HEX.fullmatch(checksum)):
         raise CommandError(f"$SCCMD checksum must be two hex digits after '*', got {checksum!r}")
-    try:
-        raw = body.encode("ascii")
-    except UnicodeEncodeError:
-        raise CommandError("$SCCMD text must be ASCII") from None
+    raw = body.encode("ascii")
     exclusive = functools.reduce(lambda acc, byte: acc ^ byte, raw[1:], 0)
     inclusive = exclusive ^ ord("$") ^ ord("*")
     if int(checksum, 16) not in (exclusive, inclusive):

@@ -253,6 +253,9 @@ class StreamDecoder:
             reason = getattr(exc, "msg", str(exc))
             out.append(Skipped(f"invalid JSON ({reason})", len(raw), raw[:SAMPLE_SIZE]))
             return
+        except RecursionError:  # 64 KiB of "[" nests deeper than json can follow
+            out.append(Skipped("invalid JSON (nested too deeply)", len(raw), raw[:SAMPLE_SIZE]))
+            return
         # A balanced run that starts with "{" and parses is always an object.
         assert isinstance(decoded, dict)
         out.append(Frame(raw, decoded))

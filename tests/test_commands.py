@@ -510,7 +510,7 @@ def test_refused_json_object(obj: dict[str, object], match: str) -> None:
 
 
 @pytest.mark.parametrize(("obj", "match"), REFUSED_OBJECTS)
-@pytest.mark.parametrize("transaction", ["tx-7", 42, 2.5], ids=["str-tx", "int-tx", "float-tx"])
+@pytest.mark.parametrize("transaction", ["tx-7", 2.5], ids=["str-tx", "float-tx"])
 def test_refused_json_object_echoes_its_transaction(
     obj: dict[str, object], match: str, transaction: str | float
 ) -> None:
@@ -520,9 +520,11 @@ def test_refused_json_object_echoes_its_transaction(
     assert type(error.transaction) is type(transaction)
 
 
-def test_object_with_only_a_transaction_is_refused_and_echoes_it() -> None:
-    error = refused(b'{"transaction":"only"}', r"no field to send")
-    assert error.transaction == "only"
+@pytest.mark.parametrize("transaction", ["only", 7], ids=["str-tx", "int-tx"])
+def test_object_with_only_a_transaction_is_refused_and_echoes_it(transaction: str | int) -> None:
+    error = refused(json.dumps({"transaction": transaction}).encode(), r"no field to send")
+    assert error.transaction == transaction
+    assert type(error.transaction) is type(transaction)
 
 
 REFUSED_PAYLOADS = [
@@ -546,8 +548,8 @@ REFUSED_PAYLOADS = [
     pytest.param(b'"accept"', r"must be a JSON object", id="not-object-quoted-string"),
     pytest.param(b"96", r"must be a JSON object", id="not-object-number"),
     pytest.param(b"1.5", r"must be a JSON object", id="not-object-float"),
-    pytest.param(b"null", r"JSON object|unknown command word", id="not-object-null"),
-    pytest.param(b"true", r"JSON object|unknown command word", id="not-object-true"),
+    pytest.param(b"null", r"must be a JSON object, got null", id="not-object-null"),
+    pytest.param(b"true", r"must be a JSON object, got a boolean", id="not-object-true"),
     # more than one JSON value
     pytest.param(b'{"a":1}{"b":2}', r"more than one JSON value", id="two-objects-adjacent"),
     pytest.param(b"{} {}", r"more than one JSON value", id="two-empty-objects"),
@@ -621,21 +623,11 @@ def test_duplicate_field_differing_case_echoes_the_transaction() -> None:
     assert error.transaction == "t"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: exact duplicate keys are refused before the transaction is read, so the "
-    "result cannot echo it (SPEC §3.3)",
-)
 def test_duplicate_key_exact_echoes_the_transaction() -> None:
     error = refused(b'{"transaction":"t","Sequence":1,"Sequence":2}', r"appears twice")
     assert error.transaction == "t"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="BUG: deeply nested JSON under 1 KiB escapes as RecursionError, not CommandError",
-)
 def test_deeply_nested_json_is_refused_not_crashing() -> None:
     refused(b"[" * MAX_PAYLOAD, r"invalid JSON|nested")
 
@@ -678,13 +670,13 @@ REFUSED_SCCMD = [
     pytest.param(b"$SCCMD;SEQ60", r"'SEQ60' is not KEY=VALUE", id="missing-equals"),
     pytest.param(b"$SCCMD;", r"is not KEY=VALUE", id="empty-item"),
     pytest.param(b"$SCCMD;SEQ=60;;", r"is not KEY=VALUE", id="empty-trailing-item"),
-    pytest.param(b"$SCCMD;SEQ=ZZ", r"Sequence must be", id="non-hex-seq"),
-    pytest.param(b"$SCCMD;SEQ=", r"Sequence must be", id="empty-seq"),
+    pytest.param(b"$SCCMD;SEQ=ZZ", r"must be hex digits", id="non-hex-seq"),
+    pytest.param(b"$SCCMD;SEQ=", r"must be hex digits", id="empty-seq"),
     pytest.param(b"$SCCMD;SEQ=100", r"Sequence must be", id="seq-three-digits"),
-    pytest.param(b"$SCCMD;LEDS=9292929Z", r"Leds must be exactly 8 hex digits", id="non-hex-leds"),
+    pytest.param(b"$SCCMD;LEDS=9292929Z", r"must be hex digits", id="non-hex-leds"),
     pytest.param(b"$SCCMD;LEDS=9292", r"Leds must be exactly 8 hex digits", id="short-leds"),
     pytest.param(b"$SCCMD;BUZZ=10000", r"Buzzer must be", id="buzz-five-digits"),
-    pytest.param(b"$SCCMD;BUZZ=0x64", r"Buzzer must be", id="buzz-0x-prefix"),
+    pytest.param(b"$SCCMD;BUZZ=0x64", r"must be hex digits", id="buzz-0x-prefix"),
     pytest.param(
         b"$SCCMD;SEQ=60;LEDS=92929292", r"Sequence cannot be combined with Leds", id="seq-with-leds"
     ),
@@ -875,7 +867,7 @@ def _field_values(floats: st.SearchStrategy[float]) -> st.SearchStrategy[object]
         floats,
         st.text(max_size=5),
     )
-    return scalars | st.lists(scalars, max_size=10)
+    return scalars | st.lists(scalars, max_size=9)  # Relays allows 8
 
 
 field_values = _field_values(st.floats())
@@ -884,14 +876,15 @@ field_only_keys = _random_case(FIELDS)
 transactions = (
     st.text(max_size=20) | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
 )
-json_leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
 json_values = st.recursive(
     json_leaves,
     lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(field_keys | st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=3)
+        # pairs, not st.dictionaries: no uniqueness retries, and duplicates collapse
+        | st.lists(st.tuples(field_keys | st.text(max_size=4), children), max_size=3).map(dict)
     ),
-    max_leaves=12,
+    max_leaves=6,
 )
 
 
@@ -914,13 +907,19 @@ def test_property_arbitrary_json_values(value: object) -> None:
 
 
 @PROPERTY
-@given(st.dictionaries(field_keys, field_values, max_size=4))
-def test_property_objects_with_field_names_in_random_case(obj: dict[str, object]) -> None:
-    command = check(json.dumps(obj).encode())
+@given(st.lists(st.tuples(field_keys, field_values), max_size=4))
+def test_property_objects_with_field_names_in_random_case(
+    pairs: list[tuple[str, object]],
+) -> None:
+    # Written out pair by pair, so a repeated key reaches the parser as a duplicate.
+    items = ",".join(f"{json.dumps(key)}:{json.dumps(value)}" for key, value in pairs)
+    command = check(f"{{{items}}}".encode())
     if command is not None:
-        # Every field sent came from the input, whatever its case; transaction never sent.
+        # Every field sent came from the input, once, whatever its case; transaction never sent.
+        keys = [key.lower() for key, _ in pairs]
+        assert len(keys) == len(set(keys))
         sent = {name.lower() for name, _ in command.fields}
-        assert sent <= {key.lower() for key in obj}
+        assert sent <= set(keys)
         assert "transaction" not in sent
 
 
