@@ -17,9 +17,12 @@ structure (strings, escapes, nesting) to find where an object ends, and gives ba
   and count. It then resynchronises on the next ``{`` and goes on.
 
 An object "never closes" when a byte arrives that JSON cannot have at that place: a raw
-control character (CR, LF, NUL, ...) inside a string, a NUL between tokens, or a ``{`` where
-no value may start. Such a ``{`` begins the next object, so a truncated event glued to a good
-one loses only itself. Anything else unterminated is bounded by the cap.
+control character (CR, LF, NUL, ...) inside a string, a NUL between tokens, a ``{`` where no
+value may start, a string right after a value. Such a ``{`` begins the next object. And since
+events are flat, a cut object that holds a ``{`` (an event swallowed as a nested value after
+``"TagId":``, or as the tail of an unterminated string) is read once more from that ``{``:
+a truncated event glued to a good one loses only itself. Anything else unterminated is
+bounded by the cap, and every report is the same however the bytes were chunked.
 """
 
 from __future__ import annotations
@@ -37,13 +40,13 @@ SAMPLE_SIZE: Final = 40
 
 _SEPARATORS: Final = b" \t\r\n\x00"
 _JSON_SPACE: Final = b" \t\r\n"
-_VALUE_STARTERS: Final = b":[,"  # a nested object or array may only follow one of these
+_STRUCTURAL: Final = b'{}[]:,"'
 _STRING_STARTERS: Final = b"{[:,"
 
 _IDLE_SEPARATORS = re.compile(rb"[ \t\r\n\x00]*")
 _IDLE_JUNK = re.compile(rb"[^ \t\r\n\x00{]*")
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
-_PLAIN_RUN = re.compile(rb'[^ \t\r\n"{}\[\]\x00-\x1f]+')
+_PLAIN_RUN = re.compile(rb'[^ \t\r\n"{}\[\]:,\x00-\x1f]+')  # numbers, true, false, null
 
 
 class ProtocolError(Exception):
@@ -94,10 +97,12 @@ class StreamDecoder:
         self._keep = True  # False while the rest of an oversized object is skipped
         self._buf = bytearray()
         self._size = 0  # raw bytes of the current object, whitespace included
-        self._depth = 0
+        self._stack = bytearray()  # the open containers, b"{" or b"["
         self._in_string = False
         self._escape = False
         self._last = 0  # last significant byte outside strings
+        self._gap = False  # whitespace followed a bare token
+        self._rescanning = False
         self._junk = 0
         self._junk_sample = bytearray()
 
@@ -150,25 +155,35 @@ class StreamDecoder:
         self._keep = True
         self._buf.clear()
         self._size = 0
-        self._depth = 0
+        self._stack.clear()
         self._in_string = False
         self._escape = False
-        self._last = 0x2C  # as if after ",": the opening "{" is a legal value start
+        self._last = 0
+        self._gap = False
+
+    def _value_may_start(self) -> bool:
+        """May a "{" or "[" stand here? First byte, after ":", or in an array after "[" or ","."""
+        if not self._stack or self._last == 0x3A:
+            return True
+        return self._stack[-1] == 0x5B and self._last in b"[,"
 
     def _object_step(self, data: bytes, pos: int, out: list[Item]) -> int:
         if self._in_string:
             return self._string_step(data, pos, out)
         byte = data[pos]
         if byte in _JSON_SPACE:
+            # Dropped from the payload, but "1 2" must not become "12": remember the gap.
+            self._gap = self._gap or (self._last != 0 and self._last not in _STRUCTURAL)
             self._take(data, pos, pos + 1, out, store=False)
             return pos + 1
         if byte in b"{[":
-            if self._last not in _VALUE_STARTERS:
+            if not self._value_may_start():
                 self._abandon(out)  # this "{" starts the next object; idle will see it
                 return pos
-            self._depth += 1
+            self._stack.append(byte)
         elif byte in b"}]":
-            self._depth -= 1
+            if self._stack:
+                self._stack.pop()
         elif byte == 0x22:  # '"'
             if self._last not in _STRING_STARTERS:
                 self._abandon(out)
@@ -177,14 +192,18 @@ class StreamDecoder:
         elif byte < 0x20:
             self._abandon(out)  # NUL or another control byte: a separator, the object is cut
             return pos
-        else:
-            stop = _match_end(_PLAIN_RUN, data, pos, len(data))
+        elif byte not in b":,":
+            if self._gap and self._keep:
+                self._buf += b" "  # keeps "1 2" invalid, as the reader sent it
+            stop = _match_end(_PLAIN_RUN, data, pos, self._limit(data, pos))
             self._last = data[stop - 1]
+            self._gap = False
             self._take(data, pos, stop, out)
             return stop
         self._last = byte
+        self._gap = False
         self._take(data, pos, pos + 1, out)
-        if self._depth == 0 and self._in_object:
+        if not self._stack and self._in_object:
             self._finish(out)
         return pos + 1
 
@@ -195,21 +214,23 @@ class StreamDecoder:
             return pos
         if self._escape:
             self._escape = False
-            self._take(data, pos, pos + 1, out)
-            return pos + 1
-        if byte == 0x5C:  # backslash
+        elif byte == 0x5C:  # backslash
             self._escape = True
-            self._take(data, pos, pos + 1, out)
-            return pos + 1
-        if byte == 0x22:
+        elif byte == 0x22:
             self._in_string = False
             self._last = byte
-            self._take(data, pos, pos + 1, out)
-            return pos + 1
-        room = self.max_object - self._size + 1 if self._keep else len(data)
-        stop = _match_end(_STRING_RUN, data, pos, min(len(data), pos + room))
-        self._take(data, pos, stop, out)
-        return stop
+        else:
+            stop = _match_end(_STRING_RUN, data, pos, self._limit(data, pos))
+            self._take(data, pos, stop, out)
+            return stop
+        self._take(data, pos, pos + 1, out)
+        return pos + 1
+
+    def _limit(self, data: bytes, pos: int) -> int:
+        """Where a run may end: one byte past the cap at most, so overflow is always at cap + 1."""
+        if not self._keep:
+            return len(data)
+        return min(len(data), pos + self.max_object - self._size + 1)
 
     def _take(
         self, data: bytes, start: int, stop: int, out: list[Item], store: bool = True
@@ -217,22 +238,36 @@ class StreamDecoder:
         self._size += stop - start
         if not self._keep:
             return
+        if store:
+            self._buf += data[start:stop]
         if self._size > self.max_object:
-            out.append(
-                Skipped(f"object larger than {self.max_object} bytes", self._size, self._sample())
-            )
+            held = self._buf[:-1] if store else self._buf  # what fitted, without the byte over
+            reason = f"object larger than {self.max_object} bytes"
+            out.append(Skipped(reason, self._size, bytes(held[:SAMPLE_SIZE])))
             self._keep = False
             self._buf.clear()
-        elif store:
-            self._buf += data[start:stop]
 
     def _sample(self) -> bytes:
         return bytes(self._buf[:SAMPLE_SIZE])
 
     def _abandon(self, out: list[Item]) -> None:
+        tail = b""
         if self._keep:
-            out.append(Skipped("object cut short", self._size, self._sample()))
+            # Events are flat, so a "{" inside a cut object is most likely the next event that
+            # the cut swallowed ('{"TagId":' CR LF '{...}'): read it again from there, once.
+            start = -1 if self._rescanning else self._buf.find(b"{", 1)
+            if start > 0:
+                tail = bytes(self._buf[start:])
+            held = self._buf[:start] if tail else self._buf
+            size = self._size - len(tail)
+            out.append(Skipped("object cut short", size, bytes(held[:SAMPLE_SIZE])))
         self._reset_object()
+        if tail:
+            self._rescanning = True
+            try:
+                out += self.feed(tail)
+            finally:
+                self._rescanning = False
 
     def _reset_object(self) -> None:
         self._in_object = False

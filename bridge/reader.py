@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 16384
 QUICK_CLOSE = 2.0
 """An EOF within this many seconds of connecting, before any byte, means the slot is busy."""
+SETTLE = 0.5
+"""Seconds a new connection must stay open (or deliver data) before the link counts as up."""
 STABLE_LINK = 10.0
 """A link that stayed up this long resets the reconnect backoff."""
 
@@ -64,7 +66,7 @@ def keepalive_timings(window: float) -> tuple[int, int, int]:
     """TCP keepalive idle, interval and count that notice a dead host within ``window`` s."""
     total = max(2, int(window))
     idle = max(1, total // 3)
-    count = 4
+    count = min(4, total - idle)  # fewer probes for very short windows, never zero
     interval = max(1, (total - idle) // count)
     return idle, interval, count
 
@@ -175,26 +177,26 @@ class ReaderLink:
         received = 0
         self._sock = sock
         self.counters.connects += 1
-        self._up.set()
-        log.info("reader %s:%d link up", self.options.host, self.options.port)
-        self._on_state(True, "connected")
         try:
+            # A busy reader may accept and close at once: declare the link up only after it
+            # survived a moment (or spoke), so status does not flap and no command is written
+            # into a connection that is already gone.
+            readable, _, _ = select.select([sock], [], [], SETTLE)
+            data = sock.recv(RECV_SIZE) if readable else None
+            if data is not None and not data:
+                return self._closed_reason(connected_at, received)
+            self._up.set()
+            log.info("reader %s:%d link up", self.options.host, self.options.port)
+            self._on_state(True, "connected")
             while True:
+                if data:
+                    received += len(data)
+                    self._dispatch(decoder.feed(data))
+                    if time.monotonic() - connected_at > STABLE_LINK:
+                        self._backoff.reset()
                 data = sock.recv(RECV_SIZE)
                 if not data:
-                    if self._stop.is_set():
-                        return "bridge stopping"
-                    quick = time.monotonic() - connected_at < QUICK_CLOSE
-                    if quick and received == 0:
-                        return (
-                            "the reader closed the connection right after accepting it: "
-                            "another client probably holds its single connection slot"
-                        )
-                    return "the reader closed the connection"
-                received += len(data)
-                self._dispatch(decoder.feed(data))
-                if time.monotonic() - connected_at > STABLE_LINK:
-                    self._backoff.reset()
+                    return self._closed_reason(connected_at, received)
         except OSError as exc:
             return "bridge stopping" if self._stop.is_set() else describe_error(exc)
         finally:
@@ -204,6 +206,16 @@ class ReaderLink:
                 sock.close()
             if time.monotonic() - connected_at > STABLE_LINK:
                 self._backoff.reset()
+
+    def _closed_reason(self, connected_at: float, received: int) -> str:
+        if self._stop.is_set():
+            return "bridge stopping"
+        if received == 0 and time.monotonic() - connected_at < QUICK_CLOSE:
+            return (
+                "the reader closed the connection right after accepting it: "
+                "another client probably holds its single connection slot"
+            )
+        return "the reader closed the connection"
 
     def _dispatch(self, items: list[Frame | Skipped]) -> None:
         for item in items:

@@ -164,6 +164,8 @@ class Simulator:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
         self._listener.close()
         self.drop_client()
         for sock in self._held:
@@ -215,10 +217,13 @@ class Simulator:
             self._connected.notify_all()
         if client is None:
             return
-        if reset:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        else:
-            with contextlib.suppress(OSError):
+        # shutdown() wakes the read thread blocked in recv(); close() alone would not, and the
+        # socket (and its RST) would wait for it.
+        with contextlib.suppress(OSError):
+            if reset:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.shutdown(socket.SHUT_RD)  # no FIN; close() with linger 0 sends the RST
+            else:
                 client.shutdown(socket.SHUT_RDWR)
         client.close()
 

@@ -155,7 +155,9 @@ class Subscriber:
             try:
                 message = self.messages.get(timeout=max(0.0, remaining))
             except queue.Empty:
-                raise AssertionError(f"no message on {topic or self._topic} in {timeout} s") from None
+                raise AssertionError(
+                    f"no message on {topic or self._topic} in {timeout} s"
+                ) from None
             if topic is None or message.topic == topic:
                 return message
 
@@ -163,9 +165,7 @@ class Subscriber:
         deadline = time.monotonic() + timeout
         return [self.next(max(0.1, deadline - time.monotonic()), topic) for _ in range(count)]
 
-    def wait_for(
-        self, predicate: Callable[[Received], bool], timeout: float = 10.0
-    ) -> Received:
+    def wait_for(self, predicate: Callable[[Received], bool], timeout: float = 10.0) -> Received:
         deadline = time.monotonic() + timeout
         while True:
             message = self.next(max(0.0, deadline - time.monotonic()))
@@ -173,9 +173,15 @@ class Subscriber:
                 return message
 
     def publish(
-        self, topic: str, payload: bytes | str, retain: bool = False, properties: Properties | None = None
+        self,
+        topic: str,
+        payload: bytes | str,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain, properties=properties).wait_for_publish(10)
+        self.client.publish(
+            topic, payload, qos=1, retain=retain, properties=properties
+        ).wait_for_publish(10)
 
     def close(self) -> None:
         self.client.disconnect()
