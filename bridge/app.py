@@ -39,7 +39,7 @@ def result_payload(
         result["sent"] = sent
     else:
         result["error"] = error
-    return json.dumps(result, separators=(",", ":")).encode()
+    return json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
 
 
 class CommandWorker:
@@ -59,7 +59,11 @@ class CommandWorker:
         try:
             self._queue.put_nowait(incoming)
         except queue.Full:
-            self._reply(incoming, None, error="too many commands waiting; this one was dropped")
+            try:
+                transaction = parse_command(incoming.payload).transaction
+            except CommandError as exc:
+                transaction = exc.transaction
+            self._reply(incoming, transaction, error="too many commands waiting; dropped")
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -72,17 +76,14 @@ class CommandWorker:
                 log.exception("command handling failed")
 
     def handle(self, incoming: IncomingCommand) -> None:
-        if incoming.retained:
-            self.refused += 1
-            self._reply(
-                incoming,
-                None,
-                error="retained command refused: it would run again on every reconnect; "
-                "publish commands without the retain flag and clear the retained message",
-            )
-            return
         try:
             command = parse_command(incoming.payload, self.options.allowed_fields)
+            if incoming.retained:
+                raise CommandError(
+                    "retained command refused: it would run again on every reconnection; "
+                    "publish commands without the retain flag, and clear the retained one",
+                    command.transaction,
+                )
         except CommandError as exc:
             self.refused += 1
             log.warning("command refused: %s", exc)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +93,10 @@ def parse_command(payload: bytes, allowed: frozenset[str] = frozenset(FIELDS)) -
     except UnicodeDecodeError as exc:
         raise CommandError(f"command is not valid UTF-8 (byte {exc.start})") from None
     if not text:
-        raise CommandError("command is empty; send JSON, $SCCMD text, or wink/accept/deny")
+        raise CommandError(
+            "command is empty (as when a retained message is cleared): nothing sent; "
+            "send JSON, $SCCMD text, or wink/accept/deny"
+        )
     if text.startswith("$"):
         command = _parse_sccmd(text)
     elif _WORD.fullmatch(text) and text not in _JSON_LITERALS:
@@ -162,6 +166,8 @@ def _transaction(obj: dict[str, object]) -> Transaction:
     value = obj.pop(keys[0])
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise CommandError("transaction must be a string or a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CommandError("transaction must be a finite number")
     if isinstance(value, str) and len(value) > _MAX_TRANSACTION:
         raise CommandError(f"transaction is longer than {_MAX_TRANSACTION} characters")
     return value

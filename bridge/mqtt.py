@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -121,6 +122,11 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
 
 
+def _is_topic_name(topic: str) -> bool:
+    """A topic a PUBLISH may go to: no wildcards, no NUL, not empty, not too long."""
+    return 0 < len(topic.encode()) <= 65535 and not any(c in topic for c in "+#\x00")
+
+
 def _iso(timestamp: float) -> str:
     moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -188,6 +194,7 @@ class MqttLink:
         if self.options.tls:
             self._set_tls(client)
         client.will_set(self.topics.status, status_payload(STATE_DEAD), qos=1, retain=True)
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -420,7 +427,9 @@ class MqttLink:
                 hint = _CONNACK_HINTS.get(reason_code.value, "see the broker's log")
                 log.error("broker %s refused the connection: %s", self._where(), hint)
                 return
-            options = SubscribeOptions(qos=self.options.qos, retainHandling=2)
+            # retainHandling 2: a retained command is never replayed at subscription time;
+            # noLocal: a result whose response topic is rdr/cmd does not come back as a command.
+            options = SubscribeOptions(qos=self.options.qos, noLocal=True, retainHandling=2)
             if self.is_v5:
                 client.subscribe(self.topics.command, options=options)
             else:
@@ -437,6 +446,14 @@ class MqttLink:
             log.info("connected to broker %s", self._where())
         except Exception:
             log.exception("on_connect failed")
+
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
+        # Without TCP_NODELAY, Nagle and delayed ACKs add ~40-90 ms to every small publish.
+        try:
+            if isinstance(sock, socket.socket):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            log.debug("could not set TCP_NODELAY on the broker socket", exc_info=True)
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         try:
@@ -477,6 +494,9 @@ class MqttLink:
                 return
             properties = getattr(message, "properties", None)
             response = getattr(properties, "ResponseTopic", None)
+            if isinstance(response, str) and not _is_topic_name(response):
+                log.warning("ignoring response topic %r: not a topic one can publish to", response)
+                response = None
             correlation = getattr(properties, "CorrelationData", None)
             self._on_command(
                 IncomingCommand(

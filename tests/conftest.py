@@ -71,6 +71,7 @@ class Broker:
             "persistence false\n"
             "max_queued_messages 0\n"  # PAHO.md 12: the default 1000 loses messages in tests
             "max_inflight_messages 0\n"
+            "set_tcp_nodelay true\n"
             f"{extra_config}"
         )
         self.process: subprocess.Popen[bytes] | None = None
