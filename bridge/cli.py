@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_signal() -> None:
+def _catch_stop_signals() -> threading.Event:
+    """Install SIGTERM/SIGINT handlers before anything starts; the event is set on either."""
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -72,16 +73,17 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    stop.wait()
+    return stop
 
 
 def run_bridge(args: argparse.Namespace) -> int:
     from bridge.app import Bridge  # noqa: PLC0415 - paho is imported only for the bridge itself
 
+    stop = _catch_stop_signals()
     overrides = {name: getattr(args, name) for name in Settings.model_fields}
     simulator = _start_demo_reader(overrides) if args.simulate else None
     try:
-        settings = load_settings(env_file=args.env_file, **overrides)
+        settings = load_settings(env_file=args.env_file, for_run=True, **overrides)
         logs.configure(settings.log_level, settings.log_format)
         bridge = Bridge(settings)
     except ConfigError as exc:
@@ -89,7 +91,7 @@ def run_bridge(args: argparse.Namespace) -> int:
             print(f"springcore-bridge: {line}", file=sys.stderr)
         return 2
     bridge.start()
-    _wait_for_signal()
+    stop.wait()
     bridge.stop()
     if simulator is not None:
         simulator.stop()
@@ -106,6 +108,7 @@ def _start_demo_reader(overrides: dict[str, object]) -> Simulator:
 
 
 def run_simulator(args: argparse.Namespace) -> int:
+    stop = _catch_stop_signals()
     logs.configure(args.log_level.upper(), "text")
     profiles = PROFILES if args.profile == "mixed" else (args.profile,)
     simulator = Simulator(args.host, args.port, SEPARATORS[args.separator], busy=args.busy)
@@ -119,7 +122,7 @@ def run_simulator(args: argparse.Namespace) -> int:
         "type Enter (or nfc/ble/uhf, insert, remove, drop, or a JSON object) to send an event",
         file=sys.stderr,
     )
-    _wait_for_signal()
+    stop.wait()
     simulator.stop()
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.commands import FIELDS
@@ -260,24 +261,33 @@ class Settings(BaseSettings):
             raise ConfigError(lines)
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+class RunSettings(Settings):
+    """The settings of ``run``: the reader host is required, and reported with the rest."""
+
+    reader_host: str = Field(min_length=1, description="reader IP address or host name")
+
+
+def load_settings(
+    env_file: str | Path | None = ".env", *, for_run: bool = False, **overrides: object
+) -> Settings:
     """Build :class:`Settings`; flags (``overrides``) win over the environment and ``.env``."""
     given = {key: value for key, value in overrides.items() if value is not None}
+    kind = RunSettings if for_run else Settings
     try:
-        return Settings(_env_file=env_file, **given)  # type: ignore[call-arg,arg-type]
+        return kind(_env_file=env_file, **given)  # type: ignore[call-arg,arg-type]
     except ValidationError as exc:
         raise ConfigError([_describe(error) for error in exc.errors()]) from None
 
 
-def _describe(error: object) -> str:
-    assert isinstance(error, dict)
-    loc = error.get("loc") or ("?",)
-    name = str(loc[0])
+def _describe(error: ErrorDetails) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "?"
     variable = ENV_PREFIX + name.upper()
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error["type"] == "missing":  # its "input" is every other setting: never print it
+        return f"{variable}: required, and not set"
+    message = error["msg"].removeprefix("Value error, ")
     if name in SECRET_FIELDS:
         return f"{variable}: {message}"
-    return f"{variable}: {message}, got {error.get('input')!r}"
+    return f"{variable}: {message}, got {error['input']!r}"
 
 
 def env_names() -> list[str]:
