@@ -8,7 +8,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir /src
 FROM python:3.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    BRIDGE_SPOOL_PATH=/data/spool.db
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home bridge \
     && mkdir -p /data && chown bridge:bridge /data
 COPY --from=build /opt/venv /opt/venv

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 
 from bridge.commands import CommandError, parse_command
-from bridge.config import CommandOptions, Settings
+from bridge.config import CommandOptions, ConfigError, OutboxOptions, Settings
 from bridge.mqtt import IncomingCommand, MqttLink
+from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
 from bridge.protocol import Frame, Skipped
 from bridge.reader import CommandNotSentError, ReaderLink
 
@@ -118,6 +120,20 @@ class CommandWorker:
         )
 
 
+def open_outbox(options: OutboxOptions) -> Outbox:
+    if options.spool_path is None:
+        log.warning(
+            "BRIDGE_SPOOL_PATH=none: events held for the broker are lost if the bridge stops"
+        )
+        return MemoryOutbox(options.max_events, options.max_age)
+    try:
+        return SpoolOutbox(options.spool_path, options.max_events, options.max_age)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            [f"BRIDGE_SPOOL_PATH: cannot open the spool {options.spool_path}: {exc}"]
+        ) from None
+
+
 class Bridge:
     """One reader, one broker. ``start()``, then ``stop()`` (from any thread)."""
 
@@ -127,7 +143,10 @@ class Bridge:
         self.reader = ReaderLink(
             settings.reader(), self._on_frame, self._on_skipped, self._on_reader_state
         )
-        self.mqtt = MqttLink(settings.mqtt(), self.topics, settings.identity(), self._on_command)
+        self.outbox = open_outbox(settings.outbox())
+        self.mqtt = MqttLink(
+            settings.mqtt(), self.topics, settings.identity(), self._on_command, self.outbox
+        )
         self.commands = CommandWorker(settings.commands(), self.reader, self.mqtt)
         self._threads = [
             threading.Thread(target=self.reader.run, name="reader", daemon=True),
@@ -160,7 +179,7 @@ class Bridge:
 
     def _on_frame(self, frame: Frame) -> None:
         log.debug("event %s", frame.payload[:200])
-        self.mqtt.publish_event(frame.payload, time.time(), time.monotonic())
+        self.mqtt.publish_event(frame.payload, time.time())
 
     def _on_skipped(self, skipped: Skipped) -> None:
         log.warning(

@@ -7,6 +7,7 @@ what is expected; secrets are never echoed.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,13 @@ class MqttOptions:
     cert_file: Path | None
     key_file: Path | None
     tls_insecure: bool
-    outbox_size: int
+
+
+@dataclass(frozen=True)
+class OutboxOptions:
+    spool_path: Path | None  # None: held in memory only
+    max_events: int
+    max_age: float
 
 
 class Settings(BaseSettings):
@@ -109,7 +116,9 @@ class Settings(BaseSettings):
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
     mqtt_tls_insecure: bool = False
-    outbox_size: int = Field(10000, ge=10, le=1_000_000)
+    spool_path: str | None = None
+    outbox_size: int = Field(10000, ge=10, le=10_000_000)
+    outbox_max_age: float = Field(7 * 86400, gt=0)
 
     command_timeout: float = Field(2.0, gt=0, le=60)
     command_gap: float = Field(0.05, ge=0, le=5)
@@ -223,8 +232,16 @@ class Settings(BaseSettings):
             cert_file=self.mqtt_cert_file,
             key_file=self.mqtt_key_file,
             tls_insecure=self.mqtt_tls_insecure,
-            outbox_size=self.outbox_size,
         )
+
+    def outbox(self) -> OutboxOptions:
+        if self.spool_path is None:
+            path: Path | None = default_state_dir() / f"spool-{self.resolved_device_id()}.db"
+        elif self.spool_path.lower() == "none":
+            path = None
+        else:
+            path = Path(self.spool_path)
+        return OutboxOptions(path, self.outbox_size, self.outbox_max_age)
 
     def _password(self) -> SecretStr | None:
         if self.mqtt_password_file is None:
@@ -267,12 +284,28 @@ class RunSettings(Settings):
     reader_host: str = Field(min_length=1, description="reader IP address or host name")
 
 
-def load_settings(
-    env_file: str | Path | None = ".env", *, for_run: bool = False, **overrides: object
-) -> Settings:
+def default_state_dir() -> Path:
+    """systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/springcore-bridge, else ~/.local/state/."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "springcore-bridge"
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
     """Build :class:`Settings`; flags (``overrides``) win over the environment and ``.env``."""
+    return _load(Settings, env_file, overrides)
+
+
+def load_run_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """:func:`load_settings` for ``run``: a missing reader host is one of the problems listed."""
+    return _load(RunSettings, env_file, overrides)
+
+
+def _load(
+    kind: type[Settings], env_file: str | Path | None, overrides: dict[str, object]
+) -> Settings:
     given = {key: value for key, value in overrides.items() if value is not None}
-    kind = RunSettings if for_run else Settings
     try:
         return kind(_env_file=env_file, **given)  # type: ignore[call-arg,arg-type]
     except ValidationError as exc:

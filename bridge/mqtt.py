@@ -38,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import MqttOptions
+from bridge.outbox import Outbox, Pending
 from bridge.topics import (
     STATE_DEAD,
     STATE_OFFLINE,
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 WINDOW = 100
 """Events handed to paho at once (in flight, not yet acknowledged)."""
+FLUSH = 0.5
+"""Seconds between two deletions of acknowledged events from the spool."""
 RECONNECT_MAX = 30
 _SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
 _CONNACK_HINTS = {
@@ -72,19 +75,8 @@ class IncomingCommand:
 
 
 @dataclass
-class Pending:
-    """One event waiting for the broker."""
-
-    seq: int
-    payload: bytes
-    received_at: float  # time.time(), for the received_at user property
-    received_mono: float  # time.monotonic(), to tell late deliveries
-
-
-@dataclass
 class MqttCounters:
     published: int = 0
-    dropped: int = 0
     rejected: int = 0
     connects: int = 0
 
@@ -94,12 +86,11 @@ class _Shared:
     """State shared by callbacks and the pump, always under ``MqttLink._cond``."""
 
     connected: bool = False
-    connected_since: float = 0.0
+    connected_since: float = 0.0  # time.time(): events read before it were held ("late")
     announce: bool = False  # meta and status are due (a new connection)
     status_due: bool = False  # status is due (the reader link changed)
     barrier: bool = False
     reader_up: bool = False
-    outbox: deque[Pending] = field(default_factory=deque)
     results: deque[tuple[str, bytes, Properties | None]] = field(default_factory=deque)
     inflight: dict[int, Pending | None] = field(default_factory=dict)
     early_acks: set[int] = field(default_factory=set)
@@ -156,15 +147,16 @@ class MqttLink:
         topics: Topics,
         identity: Identity,
         on_command: Callable[[IncomingCommand], None],
+        outbox: Outbox,
     ) -> None:
         self.options = options
+        self._outbox = outbox
         self.topics = topics
         self._identity = identity
         self._on_command = on_command
         self._cond = threading.Condition()
         self._state = _Shared()
         self._stopping = False
-        self._seq = time.time_ns() // 1000  # increases across restarts without any storage
         self.counters = MqttCounters()
         self._client = self._make_client()
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
@@ -253,13 +245,15 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
         with self._cond:
-            left = len(self._state.outbox) + len(self._state.inflight)
+            left = self._outbox.unacked()
+            self._outbox.close()
         if left:
             log.warning("stopping with %d event(s) not delivered to the broker", left)
 
     def _has_backlog(self) -> bool:
         state = self._state
-        return state.connected and bool(state.outbox or state.inflight or state.results)
+        busy = self._outbox.unacked() or state.inflight or state.results
+        return state.connected and bool(busy)
 
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
@@ -274,28 +268,20 @@ class MqttLink:
     def backlog(self) -> int:
         """Events not yet acknowledged by the broker."""
         with self._cond:
-            return len(self._state.outbox) + sum(
-                1 for item in self._state.inflight.values() if item
-            )
+            return self._outbox.unacked()
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped because the outbox was full or they grew too old."""
+        with self._cond:
+            return self._outbox.dropped
 
     # -- what the application hands over ---------------------------------------------------
 
-    def publish_event(self, payload: bytes, received_at: float, received_mono: float) -> None:
+    def publish_event(self, payload: bytes, received_at: float) -> None:
+        """Queue one event (``received_at`` = ``time.time()`` when it was read)."""
         with self._cond:
-            self._seq += 1
-            state = self._state
-            state.outbox.append(Pending(self._seq, payload, received_at, received_mono))
-            if len(state.outbox) + len(state.inflight) > self.options.outbox_size:
-                dropped = state.outbox.popleft()
-                self.counters.dropped += 1
-                if self.counters.dropped == 1 or self.counters.dropped % 1000 == 0:
-                    log.warning(
-                        "outbox full (%d events, BRIDGE_OUTBOX_SIZE): dropped the oldest, seq %d; "
-                        "%d dropped so far",
-                        self.options.outbox_size,
-                        dropped.seq,
-                        self.counters.dropped,
-                    )
+            self._outbox.put(payload, received_at)
             self._cond.notify_all()
 
     def publish_result(self, payload: bytes, command: IncomingCommand) -> None:
@@ -320,11 +306,15 @@ class MqttLink:
     # -- the pump: the one thread that publishes ------------------------------------------
 
     def _pump_loop(self) -> None:
+        flushed = time.monotonic()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._has_work(), timeout=1.0)
+                self._cond.wait_for(lambda: self._stopping or self._has_work(), timeout=FLUSH)
                 if self._stopping:
                     return
+                if time.monotonic() - flushed >= FLUSH:
+                    self._outbox.flush()  # acknowledged rows out of the spool, in batches
+                    flushed = time.monotonic()
                 if not self._has_work():
                     continue
                 job = self._next_job()
@@ -338,7 +328,8 @@ class MqttLink:
         state = self._state
         if not state.connected:
             return False
-        ready = bool(state.outbox) and not state.barrier and len(state.inflight) < WINDOW
+        room = not state.barrier and len(state.inflight) < WINDOW
+        ready = room and self._outbox.queued() > 0
         return state.announce or state.status_due or bool(state.results) or ready
 
     def _next_job(self) -> Pending | tuple[str, bytes, Properties | None] | bool:
@@ -350,7 +341,9 @@ class MqttLink:
             return with_meta
         if state.results:
             return state.results.popleft()
-        return state.outbox.popleft()
+        item = self._outbox.take()
+        assert item is not None  # _has_work() saw one queued, under the same lock
+        return item
 
     def _run_job(self, job: Pending | tuple[str, bytes, Properties | None] | bool) -> None:
         if isinstance(job, bool):
@@ -376,16 +369,16 @@ class MqttLink:
             properties = _properties(PacketTypes.PUBLISH)
             user = [("seq", str(item.seq)), ("received_at", _iso(item.received_at))]
             with self._cond:
-                late = item.received_mono < self._state.connected_since
+                late = item.received_at < self._state.connected_since
             if late:
-                age_ms = int((time.monotonic() - item.received_mono) * 1000)
+                age_ms = max(0, int((time.time() - item.received_at) * 1000))
                 user += [("late", "true"), ("age_ms", str(age_ms))]
             properties.UserProperty = user
         qos = self.options.qos
         info = self._client.publish(self.topics.event, item.payload, qos=qos, properties=properties)
         if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             with self._cond:  # QoS 0 is not kept by paho: put it back, in front
-                self._state.outbox.appendleft(item)
+                self._outbox.give_back(item)
             return
         self._record(info, item)
 
@@ -401,6 +394,7 @@ class MqttLink:
     def _count_ack(self, item: Pending | None, reason: ReasonCode | None) -> None:
         if item is None:
             return
+        self._outbox.ack(item.seq)
         if reason is not None and reason.is_failure:
             self.counters.rejected += 1
             log.error(
@@ -437,7 +431,7 @@ class MqttLink:
             with self._cond:
                 state = self._state
                 state.connected = True
-                state.connected_since = time.monotonic()
+                state.connected_since = time.time()
                 state.announce = True
                 # paho re-sends what was in flight once this returns; new events wait for it.
                 state.barrier = bool(state.inflight)

@@ -189,6 +189,18 @@ class Subscriber:
         self.client.loop_stop()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Default spools go to a temporary state directory, never the user's (subprocesses too)."""
+    saved = {name: os.environ.pop(name, None) for name in ("XDG_STATE_HOME", "STATE_DIRECTORY")}
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     server = Broker(tmp_path).start()
@@ -222,7 +234,7 @@ def device_id() -> str:
 
 @pytest.fixture
 def make_bridge(
-    broker: Broker, simulator: Simulator, device_id: str
+    broker: Broker, simulator: Simulator, device_id: str, tmp_path: Path
 ) -> Iterator[Callable[..., Bridge]]:
     """Build and start a bridge between ``simulator`` and ``broker``; stopped at the end."""
     started: list[Bridge] = []
@@ -235,7 +247,7 @@ def make_bridge(
             mqtt_host="127.0.0.1",
             mqtt_port=broker.port,
             device_id=device_id,
-            **overrides,
+            **{"spool_path": str(tmp_path / f"spool-{len(started)}.db"), **overrides},
         )
         bridge = Bridge(settings)
         bridge.start()

@@ -1,0 +1,240 @@
+"""Events waiting for the broker: in memory, or in a SQLite spool that survives a crash.
+
+An outbox hands events out in order, one at a time, and forgets each only when the broker
+has acknowledged it (``ack``). It is bounded by count and by age: when more than
+``max_events`` wait to be handed out, the oldest of them is dropped and counted (the few
+already handed to paho, at most ``mqtt.WINDOW``, cannot be taken back and are not counted).
+The caller (``mqtt.MqttLink``) serialises every call under its own lock and never holds that
+lock around paho's ``publish()``.
+
+The spool is SQLite in WAL mode with ``synchronous=NORMAL``: every event is committed before
+it is handed out, so a crash (SIGKILL, OOM) of the bridge loses nothing; only a power cut
+within the last moments could (SQLite's own guarantee for that mode). Acknowledged rows are
+deleted in batches (``flush``), so after a crash a few events may be sent twice - with the
+same ``seq``, which tells the duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+WINDOW_ROWS = 500
+"""Queued spool rows kept in memory at a time; the rest stay on disk."""
+
+
+@dataclass
+class Pending:
+    """One event waiting for the broker."""
+
+    seq: int
+    payload: bytes
+    received_at: float  # time.time() when the bridge read it
+
+
+class Outbox(Protocol):
+    dropped: int
+
+    def put(self, payload: bytes, received_at: float) -> int: ...
+    def take(self) -> Pending | None: ...
+    def give_back(self, item: Pending) -> None: ...
+    def ack(self, seq: int) -> None: ...
+    def unacked(self) -> int: ...
+    def queued(self) -> int: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def first_seq() -> int:
+    """Sequence numbers start from the clock in microseconds: they increase across restarts."""
+    return time.time_ns() // 1000
+
+
+class _Bounds:
+    """Counting and logging of dropped events, shared by both outboxes."""
+
+    def __init__(self, max_events: int, max_age: float) -> None:
+        self.max_events = max_events
+        self.max_age = max_age
+        self.dropped = 0
+
+    def _report_drop(self, count: int, why: str) -> None:
+        before = self.dropped
+        self.dropped += count
+        if before == 0 or before // 1000 != self.dropped // 1000:
+            log.warning(
+                "dropped %d undelivered event(s), the oldest, %s; %d dropped so far",
+                count,
+                why,
+                self.dropped,
+            )
+
+
+class MemoryOutbox(_Bounds):
+    """The outbox without a spool: lost if the bridge itself stops."""
+
+    def __init__(self, max_events: int, max_age: float) -> None:
+        super().__init__(max_events, max_age)
+        self._queue: deque[Pending] = deque()
+        self._out: set[int] = set()
+        self._seq = first_seq()
+
+    def put(self, payload: bytes, received_at: float) -> int:
+        self._seq += 1
+        self._queue.append(Pending(self._seq, payload, received_at))
+        if len(self._queue) > self.max_events:
+            self._queue.popleft()
+            self._report_drop(1, f"outbox full ({self.max_events} events, BRIDGE_OUTBOX_SIZE)")
+        return self._seq
+
+    def take(self) -> Pending | None:
+        if not self._queue:
+            return None
+        item = self._queue.popleft()
+        self._out.add(item.seq)
+        return item
+
+    def give_back(self, item: Pending) -> None:
+        self._out.discard(item.seq)
+        self._queue.appendleft(item)
+
+    def ack(self, seq: int) -> None:
+        self._out.discard(seq)
+
+    def unacked(self) -> int:
+        return len(self._queue) + len(self._out)
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def flush(self) -> None:
+        cutoff = time.time() - self.max_age
+        old = 0
+        while self._queue and self._queue[0].received_at < cutoff:
+            self._queue.popleft()
+            old += 1
+        if old:
+            self._report_drop(old, f"older than {self.max_age:g} s (BRIDGE_OUTBOX_MAX_AGE)")
+
+    def close(self) -> None:
+        """Nothing to keep."""
+
+
+class SpoolOutbox(_Bounds):
+    """The outbox on disk: what the broker has not acknowledged survives a crash."""
+
+    def __init__(self, path: Path, max_events: int, max_age: float) -> None:
+        super().__init__(max_events, max_age)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One connection, used by several threads but always under the caller's lock.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events "
+            "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
+        )
+        self._window: deque[Pending] = deque()
+        self._window_complete = False  # every queued row is in the window
+        self._acked: list[int] = []
+        self._out: set[int] = set()  # handed out, not yet acknowledged
+        self._drop_older_than(time.time() - max_age)
+        row = self._db.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
+        self._count: int = row[0]
+        self._seq = max(first_seq(), (row[1] or 0) + 1)
+        self._cursor = 0  # highest seq handed out
+        if self._count:
+            log.info("spool %s holds %d undelivered event(s) from before", path, self._count)
+
+    def put(self, payload: bytes, received_at: float) -> int:
+        self._seq += 1
+        self._db.execute(
+            "INSERT INTO events (seq, received_at, payload) VALUES (?, ?, ?)",
+            (self._seq, received_at, payload),
+        )
+        self._count += 1
+        if self._window_complete:
+            if len(self._window) < WINDOW_ROWS:
+                self._window.append(Pending(self._seq, payload, received_at))
+            else:
+                self._window_complete = False
+        if self._count - len(self._out) > self.max_events:
+            self._drop_oldest_queued()
+        return self._seq
+
+    def _drop_oldest_queued(self) -> None:
+        self._fill_window()
+        if not self._window:
+            return
+        oldest = self._window.popleft()
+        self._db.execute("DELETE FROM events WHERE seq = ?", (oldest.seq,))
+        self._count -= 1
+        self._report_drop(1, f"spool full ({self.max_events} events, BRIDGE_OUTBOX_SIZE)")
+
+    def _fill_window(self) -> None:
+        if self._window or self._window_complete:
+            return
+        rows = self._db.execute(
+            "SELECT seq, payload, received_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._cursor, WINDOW_ROWS),
+        ).fetchall()
+        self._window.extend(Pending(seq, bytes(payload), at) for seq, payload, at in rows)
+        self._window_complete = len(rows) < WINDOW_ROWS
+
+    def take(self) -> Pending | None:
+        self._fill_window()
+        if not self._window:
+            return None
+        item = self._window.popleft()
+        self._cursor = item.seq
+        self._out.add(item.seq)
+        return item
+
+    def give_back(self, item: Pending) -> None:
+        self._out.discard(item.seq)
+        self._window.appendleft(item)
+        self._cursor = item.seq - 1
+
+    def ack(self, seq: int) -> None:
+        if seq in self._out:
+            self._out.discard(seq)
+            self._acked.append(seq)
+            self._count -= 1
+
+    def unacked(self) -> int:
+        return self._count
+
+    def queued(self) -> int:
+        return self._count - len(self._out)
+
+    def flush(self) -> None:
+        """Delete acknowledged rows and rows past the age limit."""
+        if self._acked:
+            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in self._acked))
+            self._acked.clear()
+        dropped = self._drop_older_than(time.time() - self.max_age, queued_only=True)
+        if dropped:
+            self._count -= dropped
+            self._window.clear()
+            self._window_complete = False
+
+    def _drop_older_than(self, cutoff: float, queued_only: bool = False) -> int:
+        floor = self._cursor if queued_only else 0
+        deleted = self._db.execute(
+            "DELETE FROM events WHERE received_at < ? AND seq > ?", (cutoff, floor)
+        ).rowcount
+        if deleted:
+            self._report_drop(deleted, f"older than {self.max_age:g} s (BRIDGE_OUTBOX_MAX_AGE)")
+        return deleted
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
