@@ -12,10 +12,9 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from bridge import __version__, logs
-from bridge.config import ConfigError, Settings, load_settings
+from bridge.config import ConfigError, Settings, load_run_settings
 from bridge.simulator import PROFILES, SEPARATORS, Simulator
 
 log = logging.getLogger("bridge")
@@ -63,27 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _catch_stop_signals() -> threading.Event:
-    """Install SIGTERM/SIGINT handlers before anything starts; the event is set on either."""
-    stop = threading.Event()
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
+def _hold_stop_signals() -> None:
+    """Block SIGTERM/SIGINT before any thread starts (threads inherit the mask).
+
+    They then stay pending until :func:`_wait_stop_signal` takes them with ``sigwait``: no
+    handler runs in the middle of other code, so none can deadlock on a lock it interrupted,
+    and a signal that arrives during start-up still means a clean stop.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _wait_stop_signal() -> None:
+    signum = signal.sigwait(STOP_SIGNALS)
+    log.info("received %s, stopping", signal.Signals(signum).name)
 
 
 def run_bridge(args: argparse.Namespace) -> int:
     from bridge.app import Bridge  # noqa: PLC0415 - paho is imported only for the bridge itself
 
-    stop = _catch_stop_signals()
+    _hold_stop_signals()
     overrides = {name: getattr(args, name) for name in Settings.model_fields}
     simulator = _start_demo_reader(overrides) if args.simulate else None
     try:
-        settings = load_settings(env_file=args.env_file, for_run=True, **overrides)
+        settings = load_run_settings(env_file=args.env_file, **overrides)
         logs.configure(settings.log_level, settings.log_format)
         bridge = Bridge(settings)
     except ConfigError as exc:
@@ -91,7 +95,7 @@ def run_bridge(args: argparse.Namespace) -> int:
             print(f"springcore-bridge: {line}", file=sys.stderr)
         return 2
     bridge.start()
-    stop.wait()
+    _wait_stop_signal()
     bridge.stop()
     if simulator is not None:
         simulator.stop()
@@ -108,7 +112,7 @@ def _start_demo_reader(overrides: dict[str, object]) -> Simulator:
 
 
 def run_simulator(args: argparse.Namespace) -> int:
-    stop = _catch_stop_signals()
+    _hold_stop_signals()
     logs.configure(args.log_level.upper(), "text")
     profiles = PROFILES if args.profile == "mixed" else (args.profile,)
     simulator = Simulator(args.host, args.port, SEPARATORS[args.separator], busy=args.busy)
@@ -122,7 +126,7 @@ def run_simulator(args: argparse.Namespace) -> int:
         "type Enter (or nfc/ble/uhf, insert, remove, drop, or a JSON object) to send an event",
         file=sys.stderr,
     )
-    stop.wait()
+    _wait_stop_signal()
     simulator.stop()
     return 0
 
