@@ -1,0 +1,285 @@
+"""Settings (SPEC.md §6): the example file, secrets, derived values, validation, structure.
+
+No broker here: settings are built in-process with ``_env_file=None`` / ``env_file=None`` and an
+environment cleared of BRIDGE_ variables.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from bridge.commands import FIELDS
+from bridge.config import ConfigError, Settings, env_names, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.env"
+_ASSIGNMENT = re.compile(r"(BRIDGE_[A-Z0-9_]+)=(.*)")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def settings(**values: Any) -> Settings:
+    return load_settings(env_file=None, **values)
+
+
+def problems(**values: Any) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        settings(**values).check_run()
+    return caught.value.lines
+
+
+# -- config.example.env --------------------------------------------------------------------
+
+
+def example_lines() -> list[str]:
+    return EXAMPLE.read_text(encoding="utf-8").splitlines()
+
+
+def example_assignments() -> list[tuple[str, str]]:
+    found = [_ASSIGNMENT.fullmatch(line) for line in example_lines()]
+    return [(match[1], match[2]) for match in found if match]
+
+
+def test_example_lists_every_setting_once():
+    names = [name for name, _ in example_assignments()]
+    assert len(names) == len(set(names)), "a variable is listed twice"
+    assert set(names) == set(env_names())
+
+
+def test_example_lines_are_comments_blanks_or_assignments():
+    strays = [
+        line
+        for line in example_lines()
+        if line.strip() and not line.startswith("#") and not _ASSIGNMENT.fullmatch(line)
+    ]
+    assert strays == []
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"), [pytest.param(name, raw, id=name) for name, raw in example_assignments()]
+)
+def test_example_default_is_the_settings_default(name: str, raw: str):
+    field = name.removeprefix("BRIDGE_").lower()
+    default = Settings.model_fields[field].default
+    if raw == "":
+        assert default is None, f"{name}= is empty but the default is {default!r}"
+        return
+    assert default is not None, f"{name}={raw} but the default is None (not set)"
+    parsed = getattr(settings(**{field: raw}), field)
+    assert parsed == default
+
+
+def test_example_file_loads_to_the_defaults():
+    assert Settings(_env_file=EXAMPLE) == Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_every_example_variable_has_a_comment_above_it():
+    """Variables may share one comment when they sit right under it as a group."""
+    lines = example_lines()
+    uncommented = []
+    for number, line in enumerate(lines):
+        if not _ASSIGNMENT.fullmatch(line):
+            continue
+        above = number - 1
+        while above >= 0 and _ASSIGNMENT.fullmatch(lines[above]):
+            above -= 1
+        comment = lines[above] if above >= 0 else ""
+        if not comment.startswith("# ") or comment.startswith("# ---"):
+            uncommented.append(line)
+    assert uncommented == []
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+SECRET = "hunter2-c0rrect-h0rse"
+
+
+def test_password_not_in_repr_or_str_of_settings_or_mqtt_options():
+    configured = settings(reader_host="10.0.0.1", mqtt_username="u", mqtt_password=SECRET)
+    options = configured.mqtt()
+    assert options.password is not None
+    assert options.password.get_secret_value() == SECRET  # really configured
+    for text in (repr(configured), str(configured), repr(options), str(options)):
+        assert SECRET not in text
+
+
+def test_password_not_in_config_error_lines(tmp_path: Path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    lines = problems(
+        reader_host="10.0.0.1",
+        reader_port=0,
+        mqtt_password=SECRET,
+        mqtt_password_file=str(secret_file),
+    )
+    assert lines
+    assert not [line for line in lines if SECRET in line]
+
+
+def test_mistyped_password_not_echoed():
+    with pytest.raises(ConfigError) as caught:
+        settings(mqtt_password=["not", SECRET])
+    assert any("BRIDGE_MQTT_PASSWORD" in line for line in caught.value.lines)
+    assert not [line for line in caught.value.lines if SECRET in line]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_password_file_read_without_trailing_newline(tmp_path: Path, ending: str):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + ending, newline="")
+    password = settings(mqtt_username="u", mqtt_password_file=str(secret_file)).mqtt().password
+    assert isinstance(password, SecretStr)
+    assert password.get_secret_value() == SECRET
+
+
+def test_password_and_password_file_together_refused(tmp_path: Path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    lines = problems(
+        reader_host="10.0.0.1", mqtt_password=SECRET, mqtt_password_file=str(secret_file)
+    )
+    assert len(lines) == 1
+    assert SECRET not in lines[0]
+    assert "BRIDGE_MQTT_PASSWORD_FILE" in lines[0]
+    assert "BRIDGE_MQTT_PASSWORD" in lines[0].replace("BRIDGE_MQTT_PASSWORD_FILE", "")
+
+
+def test_missing_password_file_refused(tmp_path: Path):
+    with pytest.raises(ConfigError) as caught:
+        settings(mqtt_password_file=str(tmp_path / "absent"))
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("BRIDGE_MQTT_PASSWORD_FILE")
+
+
+# -- derived values ------------------------------------------------------------------------
+
+
+def test_device_id_derived_from_reader_ip():
+    configured = settings(reader_host="192.168.1.50")
+    assert configured.resolved_device_id() == "192-168-1-50"
+    assert configured.topics().event == "springcard/springcore/192-168-1-50/rdr/evt"
+
+
+@pytest.mark.parametrize(
+    "host", ["reader.example.com", "fe80::1%eth0", "[2001:db8::7]", "door#1", "a/b+c", "-x-"]
+)
+def test_device_id_derived_from_any_host_is_one_safe_topic_level(host: str):
+    device_id = settings(reader_host=host).resolved_device_id()
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", device_id), device_id
+
+
+def test_configured_device_id_wins():
+    assert settings(reader_host="10.0.0.1", device_id="door-4").resolved_device_id() == "door-4"
+
+
+@pytest.mark.parametrize("prefix", ["a/+/b", "a/#", "site one/readers", "+", "#"])
+def test_topic_prefix_with_wildcards_or_spaces_refused(prefix: str):
+    with pytest.raises(ConfigError) as caught:
+        settings(topic_prefix=prefix)
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("BRIDGE_TOPIC_PREFIX")
+
+
+def test_multi_level_topic_prefix_accepted():
+    configured = settings(reader_host="10.0.0.1", topic_prefix="site1/building-2/readers")
+    assert configured.topics().status == "site1/building-2/readers/10-0-0-1/status"
+
+
+@pytest.mark.parametrize("device_id", ["a/b", "+", "#", "door 4", "x#"])
+def test_device_id_with_wildcards_slash_or_spaces_refused(device_id: str):
+    with pytest.raises(ConfigError) as caught:
+        settings(device_id=device_id)
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("BRIDGE_DEVICE_ID")
+
+
+def test_default_client_id_is_stable_and_per_device():
+    first = settings(reader_host="10.0.0.7").mqtt().client_id
+    assert first == settings(reader_host="10.0.0.7").mqtt().client_id
+    assert "10-0-0-7" in first
+    assert first != settings(reader_host="10.0.0.8").mqtt().client_id
+    assert settings(device_id="door-4").mqtt().client_id != first
+    assert settings(mqtt_client_id="mine").mqtt().client_id == "mine"
+
+
+def test_mqtt_port_defaults_to_1883_or_8883_with_tls():
+    assert settings().mqtt().port == 1883
+    assert settings(mqtt_tls=True).mqtt().port == 8883
+    assert settings(mqtt_tls=True, mqtt_port=9883).mqtt().port == 9883
+    assert settings(mqtt_port=1884).mqtt().port == 1884
+
+
+def test_command_fields_normalised_to_reader_spelling():
+    configured = settings(command_fields=" sequence, LEDS ,buzzer,")
+    assert configured.command_fields == "Sequence,Leds,Buzzer"
+    assert configured.commands().allowed_fields == {"Sequence", "Leds", "Buzzer"}
+
+
+def test_default_command_fields_are_all_fields():
+    assert settings().commands().allowed_fields == set(FIELDS)
+
+
+def test_unknown_command_field_refused():
+    with pytest.raises(ConfigError) as caught:
+        settings(command_fields="Sequence,Door")
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("BRIDGE_COMMAND_FIELDS")
+    assert "Door" in caught.value.lines[0]
+
+
+@pytest.mark.parametrize(("given", "level"), [("debug", "DEBUG"), ("Warning", "WARNING")])
+def test_log_level_case_insensitive(given: str, level: str):
+    assert settings(log_level=given).log_level == level
+
+
+def test_log_format_case_insensitive():
+    assert settings(log_format="JSON").log_format == "json"
+
+
+def test_unknown_log_level_refused_naming_variable_and_value():
+    with pytest.raises(ConfigError) as caught:
+        settings(log_level="LOUD")
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("BRIDGE_LOG_LEVEL")
+    assert "loud" in caught.value.lines[0].lower()
+
+
+def test_config_error_line_names_variable_value_and_expectation():
+    with pytest.raises(ConfigError) as caught:
+        settings(reader_port=70000)
+    (line,) = caught.value.lines
+    assert line.startswith("BRIDGE_READER_PORT")
+    assert "70000" in line
+    assert "65535" in line
+
+
+# -- structure ------------------------------------------------------------------------------
+
+
+def test_pure_modules_import_no_socket_and_no_paho():
+    probe = (
+        "import sys, bridge.protocol, bridge.commands; "
+        "print(sorted(m for m in sys.modules if m == 'socket' or m.split('.')[0] == 'paho'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

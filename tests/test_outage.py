@@ -1,0 +1,497 @@
+"""Broker outages lose no event: kill and restart a real Mosquitto, start without one, crash.
+
+The bridge's side of each outage is real (its broker connection dies with a SIGKILLed
+Mosquitto). The tests that must *see* what the bridge delivers after a restart put a
+:class:`Gate` between the bridge and the broker: a restarted broker has forgotten every
+subscription, so the test's subscriber has to resubscribe before the bridge reconnects, or
+the broker would drop those events for want of a subscriber. The gate decides only that
+order; shut, it refuses connections exactly as a stopped broker does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from bridge.app import Bridge
+from bridge.config import env_names, load_settings
+from bridge.simulator import Simulator
+
+if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
+    from tests.conftest import Broker, Received, Subscriber
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bridge_command(*args: str) -> list[str]:
+    """``springcore-bridge ARGS`` as ``python -m bridge``, with this interpreter."""
+    return [sys.executable, "-m", "bridge", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll state that offers no event to wait on (counters, connection flags)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def watch_resubscribe(sub: Subscriber) -> threading.Event:
+    """An event set when ``sub`` has (re)subscribed; its reconnect delay made short."""
+    done = threading.Event()
+    sub.client.on_subscribe = lambda *args: done.set()
+    sub.client.reconnect_delay_set(1, 1)
+    return done
+
+
+def tag(index: int) -> str:
+    return f"04{index:012X}"
+
+
+def index_of(message: Received) -> int:
+    tag_id = json.loads(message.payload)["TagId"]
+    assert isinstance(tag_id, str)
+    return int(tag_id[2:], 16)
+
+
+def emit_and_wait_read(bridge: Bridge, simulator: Simulator, index: int) -> bytes:
+    """Emit one event and wait until the bridge has taken it from the reader link."""
+    before = bridge.reader.counters.frames
+    data = simulator.emit(simulator.factory.make("uhf", tag_id=tag(index)))
+    wait_until(lambda: bridge.reader.counters.frames > before, f"the bridge to read event {index}")
+    return data
+
+
+def handed_on(bridge: Bridge, gate: Gate, index: int) -> Callable[[], bool]:
+    """Whether event ``index`` went out towards the broker (or anything was dropped)."""
+    data = tag(index).encode()
+    return lambda: gate.has_seen(data) or bridge.mqtt.dropped > 0
+
+
+def emit_range(simulator: Simulator, start: int, stop: int) -> None:
+    for index in range(start, stop):
+        simulator.emit(simulator.factory.make("nfc", tag_id=tag(index)))
+
+
+class Gate:
+    """A TCP relay the bridge dials instead of the broker; shut, nothing listens on its port."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.upstream_port = broker.port
+        self.port = free_port()
+        self._stop: threading.Event | None = None
+        self._acceptor: threading.Thread | None = None
+        self._pumps: list[threading.Thread] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._from_bridge = bytearray()
+
+    def open(self) -> None:
+        assert self._acceptor is None, "already open"
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._stop = threading.Event()
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, args=(listener, self._stop), daemon=True
+        )
+        self._acceptor.start()
+
+    def shut(self) -> None:
+        """Stop listening (new connections are refused); relayed ones live on."""
+        if self._acceptor is not None and self._stop is not None:
+            self._stop.set()
+            self._acceptor.join(5)
+        self._acceptor = self._stop = None
+
+    def stall(self) -> None:
+        """Relayed connections stay up but carry nothing, in either direction."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self.resume()
+        self.shut()
+        for sock in self._sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for pump in self._pumps:
+            pump.join(5)
+        for sock in self._sockets:
+            sock.close()
+
+    def _accept_loop(self, listener: socket.socket, stop: threading.Event) -> None:
+        with listener:
+            while not stop.is_set():
+                ready, _, _ = select.select([listener], [], [], 0.05)
+                if ready:
+                    downstream, _ = listener.accept()
+                    self._relay(downstream)
+
+    def _relay(self, downstream: socket.socket) -> None:
+        self._sockets.append(downstream)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+        except OSError:
+            downstream.close()  # broker down: the bridge sees its connection end
+            return
+        upstream.settimeout(None)
+        self._sockets.append(upstream)
+        for source, target in ((downstream, upstream), (upstream, downstream)):
+            chunks: queue.Queue[bytes | None] = queue.Queue()
+            record = source is downstream
+            for job, args in (
+                (self._read, (source, chunks, record)),
+                (self._write, (chunks, source, target)),
+            ):
+                thread = threading.Thread(target=job, args=args, daemon=True)
+                thread.start()
+                self._pumps.append(thread)
+
+    def _read(self, source: socket.socket, chunks: queue.Queue[bytes | None], record: bool) -> None:
+        """Reads on even while stalled, so that :meth:`has_seen` knows what the bridge sent."""
+        with suppress(OSError):
+            while data := source.recv(65536):
+                if record:
+                    with self._lock:
+                        self._from_bridge += data
+                chunks.put(data)
+        chunks.put(None)
+
+    def _write(
+        self, chunks: queue.Queue[bytes | None], source: socket.socket, target: socket.socket
+    ) -> None:
+        with suppress(OSError):
+            while (data := chunks.get()) is not None:
+                self._flowing.wait()
+                target.sendall(data)
+        for sock in (source, target):  # one side ended: end the other, as a broker crash does
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def has_seen(self, data: bytes) -> bool:
+        """Whether the bridge has written ``data`` to the broker (delivered or not)."""
+        with self._lock:
+            return data in self._from_bridge
+
+
+@pytest.fixture
+def gate(broker: Broker) -> Iterator[Gate]:
+    relay = Gate(broker)
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def gated_bridge(
+    gate: Gate, simulator: Simulator, device_id: str
+) -> Iterator[Callable[..., Bridge]]:
+    """Like ``make_bridge``, but the bridge reaches the broker through ``gate``."""
+    started: list[Bridge] = []
+
+    def make(**overrides: Any) -> Bridge:
+        settings = load_settings(
+            env_file=None,
+            reader_host="127.0.0.1",
+            reader_port=simulator.port,
+            mqtt_host="127.0.0.1",
+            mqtt_port=gate.port,
+            device_id=device_id,
+            **overrides,
+        )
+        bridge = Bridge(settings)
+        bridge.start()
+        started.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in started:
+        bridge.stop(timeout=1.0)
+
+
+def bridge_env(**values: str) -> dict[str, str]:
+    """The test's environment without any BRIDGE_ variable of its own, plus ``values``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BRIDGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update({f"BRIDGE_{key.upper()}": value for key, value in values.items()})
+    assert set(env) & set(env_names()) == {f"BRIDGE_{key.upper()}" for key in values}
+    return env
+
+
+# -- the tests -------------------------------------------------------------------------
+
+TOTAL = 2000
+WARM_UP = 100  # events seen through before the stream that the kill interrupts
+KILL_AT = 600  # the emitter kills the broker right after emitting this many, and goes on
+BEFORE_RESTART = 1200  # where the emitter stops
+DOWN_BATCH = 200  # then emitted once the bridge knows the broker is gone: all must be "late"
+
+
+@pytest.mark.slow
+def test_no_event_lost_when_broker_killed_mid_stream(
+    broker: Broker, gate: Gate, gated_bridge, simulator: Simulator, subscribe
+):
+    gate.open()
+    bridge = gated_bridge()
+    sub = subscribe(bridge.topics.event)
+    resubscribed = watch_resubscribe(sub)
+    assert simulator.wait_client()
+    assert bridge.mqtt.wait_connected(10)
+
+    emit_range(simulator, 0, WARM_UP)
+    received = sub.take(WARM_UP, bridge.topics.event)
+
+    def stream() -> None:
+        emit_range(simulator, WARM_UP, KILL_AT)
+        broker.kill()  # mid-stream: the bridge is still publishing, the emitter goes on
+        gate.shut()
+        emit_range(simulator, KILL_AT, BEFORE_RESTART)
+
+    emitter = threading.Thread(target=stream)
+    emitter.start()
+    emitter.join(20)
+    wait_until(lambda: not bridge.mqtt.is_connected, "the bridge to notice the broker is gone")
+    # The old broker acknowledged these (a prefix, QoS 1 keeps order; acknowledgements still
+    # in the killed connection are lost); all later ones are the bridge's to deliver again.
+    acked_by_old_broker = bridge.mqtt.counters.published
+    assert acked_by_old_broker <= KILL_AT
+
+    emit_range(simulator, BEFORE_RESTART, BEFORE_RESTART + DOWN_BATCH)
+    down_end = BEFORE_RESTART + DOWN_BATCH
+    wait_until(lambda: bridge.reader.counters.frames == down_end, "the bridge to read them")
+    wait_until(
+        lambda: bridge.mqtt.backlog == down_end - acked_by_old_broker,
+        "the bridge to hold every event the old broker did not acknowledge",
+    )
+    read_by = time.monotonic()  # every event was received (and timed) by the bridge before
+    assert not bridge.mqtt.is_connected
+
+    broker.start()
+    assert resubscribed.wait(15), "the subscriber did not resubscribe after the restart"
+    reopened = time.monotonic()
+    gate.open()
+    assert bridge.mqtt.wait_connected(40)
+    emit_range(simulator, down_end, TOTAL)
+
+    while index_of(received[-1]) != TOTAL - 1:
+        received.append(sub.next(20, bridge.topics.event))
+    wait_until(lambda: bridge.mqtt.backlog == 0, "the bridge's backlog to drain")
+
+    assert bridge.mqtt.counters.published == TOTAL
+    assert bridge.mqtt.dropped == 0
+    assert bridge.mqtt.counters.rejected == 0
+
+    by_seq: dict[str, Received] = {}
+    unique: list[Received] = []
+    for message in received:
+        seq = message.properties["seq"]
+        if seq in by_seq:  # a QoS 1 duplicate: the same event again
+            assert message.payload == by_seq[seq].payload
+            continue
+        by_seq[seq] = message
+        unique.append(message)
+    order = [index_of(message) for message in unique]
+    assert order == sorted(set(order)), "events arrived out of order or twice under two seqs"
+    seqs = [int(message.properties["seq"]) for message in unique]
+    assert seqs == sorted(seqs)
+    missing = sorted(set(range(TOTAL)) - set(order))
+    # The subscriber cannot see what the killed broker acknowledged to the bridge but had not
+    # yet forwarded; everything else - all the bridge still held at the kill - must arrive.
+    assert all(index < acked_by_old_broker for index in missing), missing
+
+    for message in unique:
+        index = index_of(message)
+        if BEFORE_RESTART <= index < down_end:
+            assert message.properties.get("late") == "true", index
+            age_ms = int(message.properties["age_ms"])
+            assert age_ms > 0
+            assert age_ms >= int((reopened - read_by) * 1000), (index, age_ms)
+        elif index >= down_end:
+            assert "late" not in message.properties, index
+            assert "age_ms" not in message.properties, index
+
+
+@pytest.mark.slow
+def test_meta_and_status_retained_again_after_broker_restart(
+    broker: Broker, make_bridge, simulator: Simulator, subscribe
+):
+    bridge = make_bridge(reader_serial="SN-123", reader_location="door 4")
+    first = subscribe(bridge.topics.status)
+    first.wait_for(lambda m: m.json() == {"State": "online,ready"})
+
+    broker.kill()  # persistence is off: the new broker knows no retained message
+    broker.start()
+    watcher = subscribe(f"{bridge.topics.base}/#")
+    awaited = {bridge.topics.meta, bridge.topics.status}
+    while awaited:  # live or retained, in either order: the bridge announced itself again
+        message = watcher.next(20)
+        if message.topic == bridge.topics.meta or message.json() == {"State": "online,ready"}:
+            awaited.discard(message.topic)
+
+    fresh = subscribe(f"{bridge.topics.base}/#")
+    seen: dict[str, Received] = {}
+    for _ in range(2):
+        message = fresh.next()
+        seen[message.topic] = message
+    assert set(seen) == {bridge.topics.meta, bridge.topics.status}
+    assert all(message.retain for message in seen.values())
+    assert seen[bridge.topics.status].json() == {"State": "online,ready"}
+    meta = seen[bridge.topics.meta].json()
+    assert isinstance(meta, dict)
+    assert meta["VendorName"] == "SpringCard"
+    assert meta["SerialNumber"] == "SN-123"
+    assert meta["Location"] == "door 4"
+    assert meta["IpAddress"] == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_outbox_keeps_newest_events_and_warns_when_full(
+    gate: Gate, gated_bridge, simulator: Simulator, subscribe, caplog
+):
+    broker = gate.broker
+    gate.open()
+    bridge = gated_bridge(outbox_size=10)
+    status = subscribe(bridge.topics.status)
+    status.wait_for(lambda m: m.json() == {"State": "online,ready"})
+    sub = subscribe(bridge.topics.event)
+    resubscribed = watch_resubscribe(sub)
+
+    broker.kill()
+    gate.shut()
+    wait_until(lambda: not bridge.mqtt.is_connected, "the bridge to notice the broker is gone")
+    sent = [simulator.emit(simulator.factory.make("nfc", tag_id=tag(i))) for i in range(25)]
+    wait_until(lambda: bridge.reader.counters.frames == 25, "the bridge to read 25 events")
+    assert bridge.mqtt.dropped == 15
+    assert bridge.mqtt.backlog == 10
+    warnings = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.WARNING and "BRIDGE_OUTBOX_SIZE" in record.getMessage()
+    ]
+    assert warnings, "no WARNING about the full outbox"
+
+    broker.start()
+    assert resubscribed.wait(15)
+    gate.open()
+    delivered = sub.take(10, bridge.topics.event, timeout=40)
+    assert [m.payload for m in delivered] == [data.rstrip(b"\r\n") for data in sent[-10:]]
+    assert all(m.properties.get("late") == "true" for m in delivered)
+
+    # Nothing else follows the newest ten: the next event is a new one.
+    wait_until(lambda: bridge.mqtt.backlog == 0, "the bridge's backlog to drain")
+    after = simulator.emit(simulator.factory.make("nfc", tag_id=tag(99)))
+    assert sub.next(10, bridge.topics.event).payload == after.rstrip(b"\r\n")
+    assert bridge.mqtt.dropped == 15
+
+
+@pytest.mark.slow
+def test_full_outbox_drops_older_events_never_newer_ones(
+    gate: Gate, gated_bridge, simulator: Simulator, subscribe
+):
+    """A broker that stops answering without closing the link (a black-holed path)."""
+    gate.open()
+    bridge = gated_bridge(outbox_size=10)
+    subscribe(bridge.topics.status).wait_for(lambda m: m.json() == {"State": "online,ready"})
+    sub = subscribe(bridge.topics.event)
+
+    gate.stall()
+    sent = []
+    for index in range(15):  # one at a time, as cards come; the first ten fill the outbox
+        sent.append(emit_and_wait_read(bridge, simulator, index))
+        if index < 10:  # let the bridge hand it on (or drop it) before the next one comes
+            wait_until(handed_on(bridge, gate, index), f"event {index} sent towards the broker")
+    gate.resume()
+    wait_until(lambda: bridge.mqtt.backlog == 0, "the bridge's backlog to drain")
+
+    kept = bridge.mqtt.counters.published
+    assert kept + bridge.mqtt.dropped == 15
+    delivered = sub.take(kept, bridge.topics.event)
+    # "when full, the oldest are dropped" (config.example.env): what arrives is the newest.
+    assert [m.payload for m in delivered] == [data.rstrip(b"\r\n") for data in sent[-kept:]]
+
+
+@pytest.mark.slow
+def test_bridge_started_while_broker_down_delivers_held_events(
+    broker: Broker, gate: Gate, gated_bridge, simulator: Simulator, subscribe
+):
+    broker.kill()
+    bridge = gated_bridge()  # the gate is shut too: nothing listens where the bridge dials
+    assert simulator.wait_client()
+    sent = [simulator.emit(simulator.factory.make("ble", tag_id=tag(i))) for i in range(5)]
+    wait_until(lambda: bridge.reader.counters.frames == 5, "the bridge to read 5 events")
+    assert not bridge.mqtt.is_connected
+    assert bridge.mqtt.backlog == 5
+
+    broker.start()
+    sub = subscribe(f"{bridge.topics.base}/#")
+    gate.open()
+    delivered = sub.take(5, bridge.topics.event, timeout=40)
+    assert [m.payload for m in delivered] == [data.rstrip(b"\r\n") for data in sent]
+    assert all(m.properties.get("late") == "true" for m in delivered)
+    assert all(int(m.properties["age_ms"]) > 0 for m in delivered)
+    wait_until(lambda: bridge.mqtt.backlog == 0, "the bridge's backlog to drain")
+    assert bridge.mqtt.counters.published == 5
+
+
+@pytest.mark.slow
+def test_last_will_marks_a_killed_bridge_dead(
+    broker: Broker, simulator: Simulator, subscribe, device_id: str, tmp_path: Path
+):
+    topic = f"springcard/springcore/{device_id}/status"
+    sub = subscribe(topic)
+    env = bridge_env(
+        reader_host="127.0.0.1",
+        reader_port=str(simulator.port),
+        mqtt_host="127.0.0.1",
+        mqtt_port=str(broker.port),
+        mqtt_keepalive="5",
+        device_id=device_id,
+    )
+    with (tmp_path / "bridge.log").open("wb") as log:
+        process = subprocess.Popen(
+            bridge_command("run"), cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+        try:
+            sub.wait_for(lambda m: m.json() == {"State": "online,ready"}, timeout=15)
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(10) == -signal.SIGKILL
+            will = sub.wait_for(lambda m: m.json() != {"State": "online,ready"}, timeout=5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert will.json() == {"State": "offline,dead"}
+    retained = subscribe(topic).next()
+    assert retained.retain
+    assert retained.json() == {"State": "offline,dead"}
