@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 
-from bridge.commands import CommandError, parse_command
+from bridge.commands import CommandError, RateLimit, parse_command
 from bridge.config import CommandOptions, ConfigError, OutboxOptions, Settings
 from bridge.mqtt import IncomingCommand, MqttLink
 from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
@@ -52,6 +52,7 @@ class CommandWorker:
         self._link = link
         self._mqtt = mqtt
         self._queue: queue.Queue[IncomingCommand | None] = queue.Queue(COMMAND_QUEUE)
+        self._limit = RateLimit(options.rate, options.burst)
         self.sent = 0
         self.refused = 0
         self.expired = 0
@@ -84,6 +85,12 @@ class CommandWorker:
                 raise CommandError(
                     "retained command refused: it would run again on every reconnection; "
                     "publish commands without the retain flag, and clear the retained one",
+                    command.transaction,
+                )
+            if not self._limit.allow(incoming.received):
+                raise CommandError(
+                    f"rate limit: more than {self.options.rate:g} commands per second "
+                    f"(bursts of {self.options.burst}, BRIDGE_COMMAND_RATE/_BURST); dropped",
                     command.transaction,
                 )
         except CommandError as exc:

@@ -262,6 +262,30 @@ _CONVERTERS: Final[dict[str, Callable[[object], Value]]] = {
 }
 
 
+class RateLimit:
+    """A token bucket: ``rate`` commands per second on average, ``burst`` at once.
+
+    Pure: the caller passes the time (``time.monotonic()``). ``rate`` 0 means no limit.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
 # -- the $SCCMD text form ------------------------------------------------------------------
 
 

@@ -53,6 +53,8 @@ class CommandOptions:
     gap: float
     delimiter: bytes
     allowed_fields: frozenset[str]
+    rate: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class Settings(BaseSettings):
     command_gap: float = Field(0.05, ge=0, le=5)
     command_delimiter: Delimiter = "none"
     command_fields: str = ",".join(FIELDS)
+    command_rate: float = Field(10.0, ge=0, le=1000)
+    command_burst: int = Field(10, ge=1, le=1000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -215,6 +219,8 @@ class Settings(BaseSettings):
             gap=self.command_gap,
             delimiter=DELIMITER_BYTES[self.command_delimiter],
             allowed_fields=frozenset(self.command_fields.split(",")) - {""},
+            rate=self.command_rate,
+            burst=self.command_burst,
         )
 
     def mqtt(self) -> MqttOptions:

@@ -56,6 +56,10 @@ WINDOW = 100
 FLUSH = 0.5
 """Seconds between two deletions of acknowledged events from the spool."""
 RECONNECT_MAX = 30
+TAKEOVER_DELAY = 60
+"""Seconds to wait after another client took our client id, so the two do not evict each
+other in a tight loop (each connection with an id closes the older one, MQTT 3.1.4-3)."""
+SHORT_SESSION = 2.0
 _SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
 _CONNACK_HINTS = {
     134: "the broker refused the user name or password: check BRIDGE_MQTT_USERNAME and "
@@ -79,6 +83,7 @@ class MqttCounters:
     published: int = 0
     rejected: int = 0
     connects: int = 0
+    takeovers: int = 0
 
 
 @dataclass
@@ -158,6 +163,7 @@ class MqttLink:
         self._state = _Shared()
         self._stopping = False
         self.counters = MqttCounters()
+        self._short_sessions = 0  # connections in a row that the broker closed within 2 s
         self._client = self._make_client()
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
@@ -178,8 +184,7 @@ class MqttLink:
         client.suppress_exceptions = True
         client.max_inflight_messages_set(WINDOW)
         # paho doubles the delay from its minimum; a random minimum spreads a fleet of bridges.
-        jitter = random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
-        client.reconnect_delay_set(jitter, RECONNECT_MAX)  # type: ignore[arg-type]  # float works
+        self._set_reconnect_delay(client)
         if self.options.username is not None:
             password = self.options.password.get_secret_value() if self.options.password else None
             client.username_pw_set(self.options.username, password)
@@ -193,6 +198,12 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
+
+    @staticmethod
+    def _set_reconnect_delay(client: paho.Client, fixed: float | None = None) -> None:
+        # paho doubles the delay from its minimum; a random minimum spreads a fleet of bridges.
+        low = fixed or random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
+        client.reconnect_delay_set(low, fixed or RECONNECT_MAX)  # type: ignore[arg-type]
 
     def _set_tls(self, client: paho.Client) -> None:
         insecure = self.options.tls_insecure
@@ -437,6 +448,7 @@ class MqttLink:
                 state.barrier = bool(state.inflight)
                 self.counters.connects += 1
                 self._cond.notify_all()
+            self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
             log.info("connected to broker %s", self._where())
         except Exception:
             log.exception("on_connect failed")
@@ -468,14 +480,26 @@ class MqttLink:
             with self._cond:
                 was_connected = self._state.connected
                 self._state.connected = False
+                lasted = time.time() - self._state.connected_since
                 self._cond.notify_all()
             if self._stopping or not was_connected:
                 return
-            if reason_code.value == _SESSION_TAKEN_OVER:
+            self._short_sessions = self._short_sessions + 1 if lasted < SHORT_SESSION else 0
+            if reason_code.value == _SESSION_TAKEN_OVER or self._short_sessions >= 3:
+                self.counters.takeovers += 1
+                self._set_reconnect_delay(client, TAKEOVER_DELAY)
+                cause = (
+                    "another client connected with our client id and took over the session"
+                    if reason_code.value == _SESSION_TAKEN_OVER
+                    else "the broker keeps closing our connection right after it opens "
+                    "(another client with our client id, or an ACL?)"
+                )
                 log.error(
-                    "another client connected to the broker with our client id %r and took "
-                    "over the session: give each bridge its own BRIDGE_MQTT_CLIENT_ID",
+                    "%s: give each bridge its own BRIDGE_MQTT_CLIENT_ID (now %r); "
+                    "reconnecting in %d s",
+                    cause,
                     self.options.client_id,
+                    TAKEOVER_DELAY,
                 )
             else:
                 log.warning("lost the broker %s (%s); reconnecting", self._where(), reason_code)

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.commands import FIELDS, MAX_PAYLOAD, Command, CommandError, parse_command
+from bridge.commands import (
+    FIELDS,
+    MAX_PAYLOAD,
+    Command,
+    CommandError,
+    RateLimit,
+    parse_command,
+)
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -975,3 +982,20 @@ def test_property_sccmd_lines(items: list[str], checksum: str, anything: int, ta
         checksum_inclusive(line),
     ):
         assert command is None
+
+
+# -- the rate limit (pure: the test passes the clock) ------------------------------------------
+
+
+def test_rate_limit_allows_a_burst_then_the_rate() -> None:
+    limit = RateLimit(rate=2, burst=3)
+    assert [limit.allow(10.0) for _ in range(4)] == [True, True, True, False]
+    assert not limit.allow(10.4)  # 0.8 token refilled: not yet one
+    assert limit.allow(10.5)  # one token after 0.5 s at 2/s
+    assert not limit.allow(10.5)
+    assert [limit.allow(100.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+
+
+def test_rate_limit_zero_means_unlimited() -> None:
+    limit = RateLimit(rate=0, burst=1)
+    assert all(limit.allow(1.0) for _ in range(1000))

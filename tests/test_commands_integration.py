@@ -150,7 +150,8 @@ class Rig:
     def start(self, make_bridge: Callable[..., Bridge], **settings: object) -> Rig:
         """Start the bridge; return once it is subscribed to rdr/cmd and the reader link is up
         (the bridge subscribes in on_connect before it publishes its status)."""
-        self.bridge = make_bridge(**settings)
+        # These tests publish bursts of commands; the rate limit has its own test.
+        self.bridge = make_bridge(**{"command_rate": 0, **settings})
         assert self.bridge.topics == self.topics
         self.wait_status(READY)
         return self
@@ -714,3 +715,18 @@ def test_result_is_valid_json_for_a_numeric_transaction_that_overflows(
     rig.start(make_bridge)
     rig.send(b'{"transaction":1e400,"Sequence":"accept"}')
     rig.result()  # strict_json fails the test on Infinity
+
+
+def test_rate_limit_refuses_commands_beyond_the_burst_with_a_clear_result(
+    rig: Rig, make_bridge: Callable[..., Bridge]
+) -> None:
+    rig.start(make_bridge, command_rate=1, command_burst=3, command_gap=0)
+    for number in range(5):
+        rig.results.publish(rig.topics.command, f'{{"Sequence":"wink","transaction":{number}}}')
+    results = [rig.results.next(topic=rig.topics.result).json() for _ in range(5)]
+    assert [r["ok"] for r in results] == [True, True, True, False, False], results
+    assert all("rate limit" in r["error"] for r in results[3:]), results
+    assert [r["transaction"] for r in results] == list(range(5))
+    received = [rig.sim.commands.get(timeout=5) for _ in range(3)]
+    assert received == [{"Sequence": "0E"}] * 3
+    assert rig.sim.commands.empty()
