@@ -7,12 +7,10 @@ directory, so no stray ``.env`` is read.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,34 +22,12 @@ import pytest
 from bridge import __version__
 from bridge.config import Settings, env_names, load_settings
 from bridge.simulator import Simulator
+from tests.support import bridge_command, bridge_env, free_port
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
-    from tests.conftest import Broker
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def bridge_command(*args: str) -> list[str]:
-    """``springcore-bridge ARGS`` as ``python -m bridge``, with this interpreter."""
-    return [sys.executable, "-m", "bridge", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
+    from tests.support import Broker
 
 READY = {"State": "online,ready"}
-
-
-def bridge_env(**values: str) -> dict[str, str]:
-    """The test's environment without any BRIDGE_ variable of its own, plus ``values``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BRIDGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update({f"BRIDGE_{key.upper()}": value for key, value in values.items()})
-    return env
 
 
 def run_cli(cwd: Path, *args: str, **values: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from bridge.app import Bridge
 from bridge.simulator import SEPARATORS, Simulator
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
-    from tests.conftest import Received, Subscriber
+    from tests.support import Received, Subscriber
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,39 +27,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from bridge.app import Bridge
-from bridge.config import env_names, load_settings
+from bridge.config import load_settings
 from bridge.simulator import Simulator
+from tests.support import bridge_command, bridge_env, free_port, wait_until
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
-    from tests.conftest import Broker, Received, Subscriber
+    from tests.support import Broker, Received, Subscriber
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def bridge_command(*args: str) -> list[str]:
-    """``springcore-bridge ARGS`` as ``python -m bridge``, with this interpreter."""
-    return [sys.executable, "-m", "bridge", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- helpers ---------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll state that offers no event to wait on (counters, connection flags)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def watch_resubscribe(sub: Subscriber) -> threading.Event:
@@ -240,21 +215,12 @@ def gated_bridge(
         bridge.stop(timeout=1.0)
 
 
-def bridge_env(**values: str) -> dict[str, str]:
-    """The test's environment without any BRIDGE_ variable of its own, plus ``values``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BRIDGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update({f"BRIDGE_{key.upper()}": value for key, value in values.items()})
-    assert set(env) & set(env_names()) == {f"BRIDGE_{key.upper()}" for key in values}
-    return env
-
-
 # -- the tests -------------------------------------------------------------------------
 
-TOTAL = 2000
+TOTAL = 10_000  # issue 3: 10,000 events at full speed, QoS 1
 WARM_UP = 100  # events seen through before the stream that the kill interrupts
-KILL_AT = 600  # the emitter kills the broker right after emitting this many, and goes on
-BEFORE_RESTART = 1200  # where the emitter stops
+KILL_AT = 3000  # the emitter kills the broker right after emitting this many, and goes on
+BEFORE_RESTART = 6000  # where the emitter stops
 DOWN_BATCH = 200  # then emitted once the bridge knows the broker is gone: all must be "late"
 
 

@@ -1,0 +1,212 @@
+"""Test support: a real Mosquitto of the test's own, an MQTT subscriber, subprocess helpers.
+
+Nothing here mocks the broker or the reader: faults are injected by killing processes and
+dropping sockets. The machine's own broker on 1883 is never used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+
+from bridge.config import env_names
+
+REPO = Path(__file__).resolve().parent.parent
+
+_ids = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)  # polling a port that has no event to await
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        pytest.fail("mosquitto is not installed; .ci/run installs it (apt-get install mosquitto)")
+    return found
+
+
+class Broker:
+    """A Mosquitto process of the test's own, killable and restartable on the same port."""
+
+    def __init__(self, workdir: Path, extra_config: str = "") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"  # PAHO.md 12: the default 1000 loses messages in tests
+            "max_inflight_messages 0\n"
+            "set_tcp_nodelay true\n"
+            f"{extra_config}"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Broker:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.config)], stdout=log, stderr=log
+            )
+        wait_port(self.port)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to anyone, as in a crash."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    properties: dict[str, str] = field(default_factory=dict)
+    correlation: bytes | None = None
+
+    def json(self) -> object:
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    """A plain paho client that records what arrives, to assert on."""
+
+    def __init__(self, port: int, topic: str, qos: int = 1) -> None:
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self._topic = topic
+        self._qos = qos
+        self._subscribed = queue.Queue[bool]()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-sub-{next(_ids)}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: self._subscribed.put(True)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self._subscribed.get(timeout=10)
+
+    def _on_connect(self, client: paho.Client, *args: object) -> None:
+        client.subscribe(self._topic, qos=self._qos)
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        user = dict(getattr(props, "UserProperty", []) or [])
+        self.messages.put(
+            Received(
+                message.topic,
+                bytes(message.payload),
+                bool(message.retain),
+                message.qos,
+                user,
+                getattr(props, "CorrelationData", None),
+            )
+        )
+
+    def next(self, timeout: float = 10.0, topic: str | None = None) -> Received:
+        """The next message (on ``topic`` if given; others are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                message = self.messages.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no message on {topic or self._topic} in {timeout} s"
+                ) from None
+            if topic is None or message.topic == topic:
+                return message
+
+    def take(self, count: int, topic: str, timeout: float = 20.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        return [self.next(max(0.1, deadline - time.monotonic()), topic) for _ in range(count)]
+
+    def wait_for(self, predicate: Callable[[Received], bool], timeout: float = 10.0) -> Received:
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.next(max(0.0, deadline - time.monotonic()))
+            if predicate(message):
+                return message
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        self.client.publish(
+            topic, payload, qos=1, retain=retain, properties=properties
+        ).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll state that offers no event to wait on (counters, connection flags, files)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def bridge_command(*args: str) -> list[str]:
+    """The installed entry point, run with this interpreter."""
+    return [sys.executable, "-m", "bridge", *args]
+
+
+def bridge_env(**values: str) -> dict[str, str]:
+    """The test's environment without any BRIDGE_ variable of its own, plus ``values``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BRIDGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update({f"BRIDGE_{key.upper()}": value for key, value in values.items()})
+    assert set(env) & set(env_names()) == {f"BRIDGE_{key.upper()}" for key in values}
+    return env
