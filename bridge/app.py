@@ -152,7 +152,12 @@ class Bridge:
         )
         self.outbox = open_outbox(settings.outbox())
         self.mqtt = MqttLink(
-            settings.mqtt(), self.topics, settings.identity(), self._on_command, self.outbox
+            settings.mqtt(),
+            self.topics,
+            settings.identity(),
+            self._on_command,
+            outbox=self.outbox,
+            discovery=settings.discovery(),
         )
         self.commands = CommandWorker(settings.commands(), self.reader, self.mqtt)
         self._threads = [

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also start a simulated reader in this process and bridge it (no hardware needed)",
     )
     _add_setting_flags(run)
+    remove = sub.add_parser(
+        "ha-remove", help="remove this reader's Home Assistant discovery entries, then exit"
+    )
+    remove.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    _add_setting_flags(remove)
     sim = sub.add_parser("simulate", help="run a SpringCore reader simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sim.add_argument("--port", type=int, default=4000, help="TCP port (default 4000)")
@@ -80,20 +85,27 @@ def _wait_stop_signal() -> None:
     log.info("received %s, stopping", signal.Signals(signum).name)
 
 
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    """The settings of ``run`` and ``ha-remove`` (flags over environment over file); logging."""
+    overrides: dict[str, object] = {name: getattr(args, name) for name in Settings.model_fields}
+    overrides.update(extra)
+    settings = load_run_settings(env_file=args.env_file, **overrides)
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
 def run_bridge(args: argparse.Namespace) -> int:
     from bridge.app import Bridge  # noqa: PLC0415 - paho is imported only for the bridge itself
 
     _hold_stop_signals()
-    overrides = {name: getattr(args, name) for name in Settings.model_fields}
-    simulator = _start_demo_reader(overrides) if args.simulate else None
+    simulator = _start_demo_reader(args) if args.simulate else None
     try:
-        settings = load_run_settings(env_file=args.env_file, **overrides)
-        logs.configure(settings.log_level, settings.log_format)
-        bridge = Bridge(settings)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"springcore-bridge: {line}", file=sys.stderr)
-        return 2
+        extra = {} if simulator is None else _demo_overrides(args, simulator)
+        bridge = Bridge(_settings(args, **extra))
+    except ConfigError:
+        if simulator is not None:
+            simulator.stop()
+        raise
     bridge.start()
     _wait_stop_signal()
     bridge.stop()
@@ -102,13 +114,39 @@ def run_bridge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_demo_reader(overrides: dict[str, object]) -> Simulator:
+def remove_discovery(args: argparse.Namespace) -> int:
+    """Publish empty retained configs: Home Assistant removes the entities and the device."""
+    from bridge.discovery import Discovery  # noqa: PLC0415 - paho only where needed
+    from bridge.mqtt import publish_once  # noqa: PLC0415
+
+    settings = _settings(args)
+    discovery = Discovery(settings.ha_discovery_prefix, settings.topics(), settings.identity())
+    failure = publish_once(settings.mqtt(), discovery.removals())
+    if failure:
+        print(
+            f"springcore-bridge: could not remove the discovery entries: {failure}", file=sys.stderr
+        )
+        return 1
+    count = len(discovery.removals())
+    print(f"removed {count} discovery entries of {discovery.node} under {discovery.prefix}/")
+    if settings.ha_discovery:
+        print("set BRIDGE_HA_DISCOVERY=false, or the bridge announces them again when it starts")
+    return 0
+
+
+def _start_demo_reader(args: argparse.Namespace) -> Simulator:
     """``run --simulate``: a simulated reader on a free local port, an event every 3 s."""
     simulator = Simulator("127.0.0.1", 0).start()
     threading.Thread(target=simulator.run_timer, args=(3.0, PROFILES, True), daemon=True).start()
-    overrides.update(reader_host="127.0.0.1", reader_port=simulator.port)
-    overrides["device_id"] = overrides.get("device_id") or "simulator"
     return simulator
+
+
+def _demo_overrides(args: argparse.Namespace, simulator: Simulator) -> dict[str, object]:
+    return {
+        "reader_host": "127.0.0.1",
+        "reader_port": simulator.port,
+        "device_id": args.device_id or "simulator",
+    }
 
 
 def run_simulator(args: argparse.Namespace) -> int:
@@ -152,9 +190,17 @@ def _read_stdin(simulator: Simulator, profiles: tuple[str, ...]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if not arguments or arguments[0] not in ("run", "simulate", "-h", "--help", "--version"):
+    commands = ("run", "simulate", "ha-remove", "-h", "--help", "--version")
+    if not arguments or arguments[0] not in commands:
         arguments.insert(0, "run")
     args = parser.parse_args(arguments)
     if args.command == "simulate":
         return run_simulator(args)
-    return run_bridge(args)
+    try:
+        if args.command == "ha-remove":
+            return remove_discovery(args)
+        return run_bridge(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"springcore-bridge: {line}", file=sys.stderr)
+        return 2

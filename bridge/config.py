@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.commands import FIELDS
+from bridge.discovery import Discovery
 from bridge.topics import Identity, Topics
 
 ENV_PREFIX = "BRIDGE_"
@@ -129,6 +130,9 @@ class Settings(BaseSettings):
     command_rate: float = Field(10.0, ge=0, le=1000)
     command_burst: int = Field(10, ge=1, le=1000)
 
+    ha_discovery: bool = True
+    ha_discovery_prefix: str = "homeassistant"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -148,7 +152,7 @@ class Settings(BaseSettings):
     def _qos_number(cls, value: object) -> object:
         return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "ha_discovery_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         levels = value.split("/")
@@ -198,6 +202,11 @@ class Settings(BaseSettings):
             product_name=self.reader_product,
             location=self.reader_location,
         )
+
+    def discovery(self) -> Discovery | None:
+        if not self.ha_discovery:
+            return None
+        return Discovery(self.ha_discovery_prefix, self.topics(), self.identity())
 
     def reader(self) -> ReaderOptions:
         if not self.reader_host:

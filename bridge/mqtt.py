@@ -38,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import MqttOptions
+from bridge.discovery import Discovery
 from bridge.outbox import Outbox, Pending
 from bridge.topics import (
     STATE_DEAD,
@@ -62,10 +63,13 @@ other in a tight loop (each connection with an id closes the older one, MQTT 3.1
 SHORT_SESSION = 2.0
 _SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
 _CONNACK_HINTS = {
-    134: "the broker refused the user name or password: check BRIDGE_MQTT_USERNAME and "
-    "BRIDGE_MQTT_PASSWORD / BRIDGE_MQTT_PASSWORD_FILE",
-    135: "the broker says this client is not authorised: check the broker's ACL and credentials",
+    132: "the broker does not speak MQTT 5: set BRIDGE_MQTT_PROTOCOL=3.1.1",
     133: "the broker refused the client id: set BRIDGE_MQTT_CLIENT_ID",
+    134: "wrong user name or password: check BRIDGE_MQTT_USERNAME and "
+    "BRIDGE_MQTT_PASSWORD (or BRIDGE_MQTT_PASSWORD_FILE)",
+    # Mosquitto answers a wrong password with this one, on 3.1.1 and on 5.
+    135: "not authorised: check BRIDGE_MQTT_USERNAME and BRIDGE_MQTT_PASSWORD "
+    "(or BRIDGE_MQTT_PASSWORD_FILE), and the broker's ACL",
 }
 
 
@@ -92,8 +96,9 @@ class _Shared:
 
     connected: bool = False
     connected_since: float = 0.0  # time.time(): events read before it were held ("late")
-    announce: bool = False  # meta and status are due (a new connection)
+    announce: bool = False  # meta, status and discovery are due (a new connection)
     status_due: bool = False  # status is due (the reader link changed)
+    rediscover_at: float | None = None  # time.monotonic() to announce discovery again
     barrier: bool = False
     reader_up: bool = False
     results: deque[tuple[str, bytes, Properties | None]] = field(default_factory=deque)
@@ -128,19 +133,105 @@ def _iso(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def describe_connect_error(exc: BaseException | None) -> str:
+def describe_connect_error(exc: BaseException | None, tls: bool = False) -> str:
+    """Why a TCP or TLS connection attempt failed, naming the setting to look at."""
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+            return (
+                f"the broker's TLS certificate does not match ({exc.verify_message}): "
+                "set BRIDGE_MQTT_HOST to a name the certificate lists"
+            )
         return (
-            f"TLS certificate rejected ({exc.verify_message}): "
-            "check BRIDGE_MQTT_CA_FILE and that BRIDGE_MQTT_HOST matches the certificate"
+            f"the broker's TLS certificate is not trusted ({exc.verify_message}): "
+            "set BRIDGE_MQTT_CA_FILE to the CA certificate that signed it"
+        )
+    closed = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)
+    if tls and isinstance(exc, closed):
+        return (
+            "the broker closed the connection during the TLS handshake: is BRIDGE_MQTT_PORT "
+            "a TLS port? (or turn BRIDGE_MQTT_TLS off for a plain one)"
         )
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason}): check BRIDGE_MQTT_TLS and the broker's port"
+        return (
+            f"TLS handshake failed ({exc.reason}): check that BRIDGE_MQTT_PORT is a TLS port, "
+            "and BRIDGE_MQTT_CERT_FILE / BRIDGE_MQTT_KEY_FILE if it wants a client certificate"
+        )
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: is the broker running and BRIDGE_MQTT_PORT right?"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror}): check BRIDGE_MQTT_HOST"
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}"
     return "unknown error"
+
+
+def new_client(options: MqttOptions, client_id: str | None = None) -> _Client:
+    """A paho client with the protocol, credentials and TLS of ``options`` (no callbacks)."""
+    v5 = options.protocol == "5"
+    client = _Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or options.client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    client.suppress_exceptions = True
+    if options.username is not None:
+        password = options.password.get_secret_value() if options.password else None
+        client.username_pw_set(options.username, password)
+    if options.tls:
+        client.tls_set(
+            ca_certs=str(options.ca_file) if options.ca_file else None,
+            certfile=str(options.cert_file) if options.cert_file else None,
+            keyfile=str(options.key_file) if options.key_file else None,
+            cert_reqs=ssl.CERT_NONE if options.tls_insecure else ssl.CERT_REQUIRED,
+        )
+        if options.tls_insecure:
+            client.tls_insecure_set(True)
+            log.warning("BRIDGE_MQTT_TLS_INSECURE is on: the broker's certificate is NOT checked")
+    return client
+
+
+def publish_once(
+    options: MqttOptions, messages: list[tuple[str, bytes]], timeout: float = 10.0
+) -> str | None:
+    """Connect once, publish ``messages`` retained at QoS 1, wait for every acknowledgement.
+
+    For one-shot tools (``ha-remove``, ``check``): returns ``None`` on success, else why it
+    failed. Uses its own client id, so it never evicts a running bridge.
+    """
+    client = new_client(options, f"{options.client_id}-tool")
+    connected = threading.Event()
+    acked: set[int] = set()
+    refused: list[str] = []
+
+    def on_connect(*args: object) -> None:
+        reason = args[3]
+        if isinstance(reason, ReasonCode) and reason.is_failure:
+            refused.append(_CONNACK_HINTS.get(reason.value, str(reason)))
+        connected.set()
+
+    client.on_connect = on_connect
+    client.on_publish = lambda _c, _u, mid, *rest: acked.add(mid)
+    try:
+        client.connect(options.host, options.port, keepalive=30)
+    except OSError as exc:
+        return describe_connect_error(exc)
+    client.loop_start()
+    try:
+        if not connected.wait(timeout):
+            return f"no answer from the broker within {timeout:g} s"
+        if refused:
+            return refused[0]
+        mids = [client.publish(t, p, qos=1, retain=True).mid for t, p in messages]
+        deadline = time.monotonic() + timeout
+        while not acked.issuperset(mids):
+            if time.monotonic() > deadline:
+                return f"the broker did not acknowledge within {timeout:g} s"
+            time.sleep(0.01)
+        return None
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class MqttLink:
@@ -152,10 +243,13 @@ class MqttLink:
         topics: Topics,
         identity: Identity,
         on_command: Callable[[IncomingCommand], None],
+        *,
         outbox: Outbox,
+        discovery: Discovery | None = None,
     ) -> None:
         self.options = options
         self._outbox = outbox
+        self._discovery = discovery
         self.topics = topics
         self._identity = identity
         self._on_command = on_command
@@ -174,22 +268,9 @@ class MqttLink:
     # -- construction --------------------------------------------------------------------
 
     def _make_client(self) -> _Client:
-        protocol = MQTTProtocolVersion.MQTTv5 if self.is_v5 else MQTTProtocolVersion.MQTTv311
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.options.client_id,
-            protocol=protocol,
-            clean_session=None if self.is_v5 else True,
-        )
-        client.suppress_exceptions = True
+        client = new_client(self.options)
         client.max_inflight_messages_set(WINDOW)
-        # paho doubles the delay from its minimum; a random minimum spreads a fleet of bridges.
         self._set_reconnect_delay(client)
-        if self.options.username is not None:
-            password = self.options.password.get_secret_value() if self.options.password else None
-            client.username_pw_set(self.options.username, password)
-        if self.options.tls:
-            self._set_tls(client)
         client.will_set(self.topics.status, status_payload(STATE_DEAD), qos=1, retain=True)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
@@ -204,18 +285,6 @@ class MqttLink:
         # paho doubles the delay from its minimum; a random minimum spreads a fleet of bridges.
         low = fixed or random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
         client.reconnect_delay_set(low, fixed or RECONNECT_MAX)  # type: ignore[arg-type]
-
-    def _set_tls(self, client: paho.Client) -> None:
-        insecure = self.options.tls_insecure
-        client.tls_set(
-            ca_certs=str(self.options.ca_file) if self.options.ca_file else None,
-            certfile=str(self.options.cert_file) if self.options.cert_file else None,
-            keyfile=str(self.options.key_file) if self.options.key_file else None,
-            cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED,
-        )
-        if insecure:
-            client.tls_insecure_set(True)
-            log.warning("BRIDGE_MQTT_TLS_INSECURE is on: the broker's certificate is NOT checked")
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -341,11 +410,16 @@ class MqttLink:
             return False
         room = not state.barrier and len(state.inflight) < WINDOW
         ready = room and self._outbox.queued() > 0
-        return state.announce or state.status_due or bool(state.results) or ready
+        due = state.rediscover_at is not None and time.monotonic() >= state.rediscover_at
+        return state.announce or state.status_due or due or bool(state.results) or ready
 
-    def _next_job(self) -> Pending | tuple[str, bytes, Properties | None] | bool:
-        """What to publish next: True = meta and status, False = status, else a message."""
+    def _next_job(self) -> Pending | tuple[str, bytes, Properties | None] | bool | None:
+        """What to publish next: True = meta, status (and discovery), False = status,
+        None = discovery again, else a message."""
         state = self._state
+        if state.rediscover_at is not None and time.monotonic() >= state.rediscover_at:
+            state.rediscover_at = None
+            return None
         if state.announce or state.status_due:
             with_meta = state.announce
             state.announce = state.status_due = False
@@ -356,8 +430,10 @@ class MqttLink:
         assert item is not None  # _has_work() saw one queued, under the same lock
         return item
 
-    def _run_job(self, job: Pending | tuple[str, bytes, Properties | None] | bool) -> None:
-        if isinstance(job, bool):
+    def _run_job(self, job: Pending | tuple[str, bytes, Properties | None] | bool | None) -> None:
+        if job is None:
+            self._rediscover()
+        elif isinstance(job, bool):
             self._announce(with_meta=job)
         elif isinstance(job, Pending):
             self._publish_pending(job)
@@ -368,11 +444,20 @@ class MqttLink:
     def _announce(self, with_meta: bool) -> None:
         with self._cond:
             up = self._state.reader_up
+        retained: list[tuple[str, bytes]] = []
         if with_meta:
-            meta = meta_payload(self._identity)
-            self._record(self._client.publish(self.topics.meta, meta, qos=1, retain=True), None)
-        status = status_payload(STATE_READY if up else STATE_OFFLINE)
-        self._record(self._client.publish(self.topics.status, status, qos=1, retain=True), None)
+            retained.append((self.topics.meta, meta_payload(self._identity)))
+        retained.append((self.topics.status, status_payload(STATE_READY if up else STATE_OFFLINE)))
+        if with_meta and self._discovery is not None:
+            retained += self._discovery.messages()
+        for topic, payload in retained:
+            self._record(self._client.publish(topic, payload, qos=1, retain=True), None)
+
+    def _rediscover(self) -> None:
+        assert self._discovery is not None
+        log.info("Home Assistant is online: announcing discovery again")
+        for topic, payload in self._discovery.messages():
+            self._record(self._client.publish(topic, payload, qos=1, retain=True), None)
 
     def _publish_pending(self, item: Pending) -> None:
         properties = None
@@ -430,7 +515,17 @@ class MqttLink:
         try:
             if reason_code.is_failure:
                 hint = _CONNACK_HINTS.get(reason_code.value, "see the broker's log")
-                log.error("broker %s refused the connection: %s", self._where(), hint)
+                if reason_code.value in (134, 135) and self.options.username is None:
+                    hint = (
+                        "the broker wants credentials and none are set: set BRIDGE_MQTT_USERNAME "
+                        "and BRIDGE_MQTT_PASSWORD (or BRIDGE_MQTT_PASSWORD_FILE)"
+                    )
+                log.error(
+                    "broker %s refused the connection (%s): %s; retrying",
+                    self._where(),
+                    reason_code,
+                    hint,
+                )
                 return
             # retainHandling 2: a retained command is never replayed at subscription time;
             # noLocal: a result whose response topic is rdr/cmd does not come back as a command.
@@ -439,6 +534,8 @@ class MqttLink:
                 client.subscribe(self.topics.command, options=options)
             else:
                 client.subscribe(self.topics.command, qos=self.options.qos)
+            if self._discovery is not None:
+                client.subscribe(self._discovery.birth_topic, qos=1)
             with self._cond:
                 state = self._state
                 state.connected = True
@@ -463,7 +560,7 @@ class MqttLink:
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         try:
-            reason = describe_connect_error(self._client.last_error)
+            reason = describe_connect_error(self._client.last_error, self.options.tls)
             log.warning("cannot connect to broker %s: %s; retrying", self._where(), reason)
         except Exception:
             log.exception("on_connect_fail failed")
@@ -508,6 +605,9 @@ class MqttLink:
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
+            if self._discovery is not None and message.topic == self._discovery.birth_topic:
+                self._on_birth(bytes(message.payload))
+                return
             if message.topic != self.topics.command:
                 return
             properties = getattr(message, "properties", None)
@@ -527,6 +627,14 @@ class MqttLink:
             )
         except Exception:
             log.exception("on_message failed")
+
+    def _on_birth(self, payload: bytes) -> None:
+        """Home Assistant restarted: announce again after a short random delay (a fleet of
+        bridges must not all answer in the same instant)."""
+        if payload.strip() == b"online":
+            with self._cond:
+                self._state.rediscover_at = time.monotonic() + random.uniform(1.0, 5.0)  # noqa: S311
+                self._cond.notify_all()
 
     def _on_publish(
         self,
