@@ -13,6 +13,7 @@ import logging
 import random
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class ReaderCounters:
     frames: int = 0
     skipped: int = 0
     skipped_bytes: int = 0
+    last_frame_at: float | None = None  # time.monotonic() of the last frame; None before any
 
 
 def keepalive_timings(window: float) -> tuple[int, int, int]:
@@ -69,6 +71,18 @@ def keepalive_timings(window: float) -> tuple[int, int, int]:
     count = min(4, total - idle)  # fewer probes for very short windows, never zero
     interval = max(1, (total - idle) // count)
     return idle, interval, count
+
+
+def is_stalled(sock: socket.socket, window: float) -> bool:
+    """Data written and not acknowledged, and no ACK at all for more than ``window`` seconds."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    if len(info) < 60:
+        return False
+    # struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32s; tcpi_unacked at offset
+    # 24, tcpi_last_ack_recv (ms since the last ACK) at offset 56.
+    (unacked,) = struct.unpack_from("I", info, 24)
+    (last_ack_ms,) = struct.unpack_from("I", info, 56)
+    return bool(unacked) and last_ack_ms > window * 1000
 
 
 def describe_error(exc: BaseException) -> str:
@@ -135,13 +149,20 @@ class ReaderLink:
             except OSError as exc:
                 self.down_reason = describe_error(exc)
             else:
+                if self._stop.is_set():  # stop() came during the connect: free the slot
+                    sock.close()
+                    break
                 self.down_reason = self._serve(sock)
                 if self._stop.is_set():
                     break
                 self._on_state(False, self.down_reason)
             delay = self._backoff.next_delay()
             log.warning(
-                "reader %s link down: %s; retrying in %.1f s", target, self.down_reason, delay
+                "reader %s link down: %s; retrying in %.1f s",
+                target,
+                self.down_reason,
+                delay,
+                extra={"device_id": self.options.device_id, "link": "reader", "state": "down"},
             )
             self._stop.wait(delay)
 
@@ -186,7 +207,12 @@ class ReaderLink:
             if data is not None and not data:
                 return self._closed_reason(connected_at, received)
             self._up.set()
-            log.info("reader %s:%d link up", self.options.host, self.options.port)
+            log.info(
+                "reader %s:%d link up",
+                self.options.host,
+                self.options.port,
+                extra={"device_id": self.options.device_id, "link": "reader", "state": "up"},
+            )
             self._on_state(True, "connected")
             while True:
                 if data:
@@ -194,7 +220,7 @@ class ReaderLink:
                     self._dispatch(decoder.feed(data))
                     if time.monotonic() - connected_at > STABLE_LINK:
                         self._backoff.reset()
-                data = sock.recv(RECV_SIZE)
+                data = self._receive(sock)
                 if not data:
                     return self._closed_reason(connected_at, received)
         except OSError as exc:
@@ -206,6 +232,21 @@ class ReaderLink:
                 sock.close()
             if time.monotonic() - connected_at > STABLE_LINK:
                 self._backoff.reset()
+
+    def _receive(self, sock: socket.socket) -> bytes:
+        """The next bytes from the reader, waking every second to look for a stalled write.
+
+        Linux sends no keepalive probe while written data is unacknowledged, and
+        TCP_USER_TIMEOUT counts from the write: a command written to a reader that had just
+        lost power would delay noticing it to nearly twice the keepalive window. So while
+        data is in flight, no ACK for longer than the window means the reader is gone.
+        """
+        while True:
+            readable, _, _ = select.select([sock], [], [], 1.0)
+            if readable:
+                return sock.recv(RECV_SIZE)
+            if is_stalled(sock, self.options.keepalive):
+                raise TimeoutError(errno.ETIMEDOUT, "no acknowledgement from the reader host")
 
     def _closed_reason(self, connected_at: float, received: int) -> str:
         if self._stop.is_set():
@@ -221,6 +262,7 @@ class ReaderLink:
         for item in items:
             if isinstance(item, Frame):
                 self.counters.frames += 1
+                self.counters.last_frame_at = time.monotonic()
                 self._on_frame(item)
             else:
                 self.counters.skipped += 1
