@@ -46,6 +46,7 @@ class ReaderOptions:
     keepalive: float
     backoff_max: float
     max_object: int
+    device_id: str = ""  # only to label log lines
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ class MqttOptions:
     cert_file: Path | None
     key_file: Path | None
     tls_insecure: bool
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,9 @@ class Settings(BaseSettings):
 
     ha_discovery: bool = True
     ha_discovery_prefix: str = "homeassistant"
+
+    http_port: int | None = Field(None, ge=1, le=65535, description="health and metrics")
+    http_host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -220,6 +230,7 @@ class Settings(BaseSettings):
             keepalive=self.reader_keepalive,
             backoff_max=self.reader_backoff_max,
             max_object=self.reader_max_object,
+            device_id=self.resolved_device_id(),
         )
 
     def commands(self) -> CommandOptions:
@@ -249,6 +260,12 @@ class Settings(BaseSettings):
             tls_insecure=self.mqtt_tls_insecure,
         )
 
+    def http(self) -> HttpOptions | None:
+        """The health and metrics listener, or ``None`` when BRIDGE_HTTP_PORT is not set."""
+        if self.http_port is None:
+            return None
+        return HttpOptions(self.http_host, self.http_port)
+
     def outbox(self) -> OutboxOptions:
         if self.spool_path is None:
             path: Path | None = default_state_dir() / f"spool-{self.resolved_device_id()}.db"
@@ -267,9 +284,13 @@ class Settings(BaseSettings):
             )
         try:
             text = self.mqtt_password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise ConfigError(
                 [f"BRIDGE_MQTT_PASSWORD_FILE: cannot read {self.mqtt_password_file}: {exc}"]
+            ) from None
+        except UnicodeDecodeError:  # its message quotes a byte of the secret: never print it
+            raise ConfigError(
+                [f"BRIDGE_MQTT_PASSWORD_FILE: {self.mqtt_password_file} is not UTF-8 text"]
             ) from None
         return SecretStr(text.rstrip("\r\n"))
 

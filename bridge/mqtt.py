@@ -118,6 +118,21 @@ class _Client(paho.Client):
             self.last_error = exc
             raise
 
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        """paho 2.2's, but closing the socket when the handshake fails (paho leaves it open,
+        leaking one socket per failed attempt until garbage collection)."""
+        assert self._ssl_context is not None
+        sock = self._ssl_context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            sock.settimeout(self._connect_timeout)
+            sock.do_handshake()
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
@@ -215,7 +230,7 @@ def publish_once(
     try:
         client.connect(options.host, options.port, keepalive=30)
     except OSError as exc:
-        return describe_connect_error(exc)
+        return describe_connect_error(exc, options.tls)
     client.loop_start()
     try:
         if not connected.wait(timeout):
@@ -258,6 +273,7 @@ class MqttLink:
         self._stopping = False
         self.counters = MqttCounters()
         self._short_sessions = 0  # connections in a row that the broker closed within 2 s
+        self._refused = False  # the last CONNACK was a refusal (already logged)
         self._client = self._make_client()
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
@@ -304,9 +320,13 @@ class MqttLink:
         self._pump.start()
 
     def stop(self, drain_timeout: float = 3.0) -> None:
-        """Deliver what is pending (up to ``drain_timeout`` s), publish ``offline``, disconnect."""
+        """Deliver what is pending (up to ``drain_timeout`` s), publish ``offline``, disconnect.
+
+        A second call does nothing."""
         deadline = time.monotonic() + drain_timeout
         with self._cond:
+            if self._stopping:
+                return
             self._cond.wait_for(lambda: not self._has_backlog(), timeout=drain_timeout)
             connected = self._state.connected
             self._stopping = True
@@ -334,6 +354,10 @@ class MqttLink:
         state = self._state
         busy = self._outbox.unacked() or state.inflight or state.results
         return state.connected and bool(busy)
+
+    def is_alive(self) -> bool:
+        """The publishing pump runs (paho's own thread reconnects by itself)."""
+        return self._pump.is_alive()
 
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
@@ -520,6 +544,7 @@ class MqttLink:
                         "the broker wants credentials and none are set: set BRIDGE_MQTT_USERNAME "
                         "and BRIDGE_MQTT_PASSWORD (or BRIDGE_MQTT_PASSWORD_FILE)"
                     )
+                self._refused = True
                 log.error(
                     "broker %s refused the connection (%s): %s; retrying",
                     self._where(),
@@ -546,7 +571,11 @@ class MqttLink:
                 self.counters.connects += 1
                 self._cond.notify_all()
             self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
-            log.info("connected to broker %s", self._where())
+            log.info(
+                "connected to broker %s",
+                self._where(),
+                extra={"device_id": self.topics.device_id, "link": "broker", "state": "up"},
+            )
         except Exception:
             log.exception("on_connect failed")
 
@@ -579,7 +608,10 @@ class MqttLink:
                 self._state.connected = False
                 lasted = time.time() - self._state.connected_since
                 self._cond.notify_all()
-            if self._stopping or not was_connected:
+            if self._stopping:
+                return
+            if not was_connected:
+                self._report_closed_before_connack()
                 return
             self._short_sessions = self._short_sessions + 1 if lasted < SHORT_SESSION else 0
             if reason_code.value == _SESSION_TAKEN_OVER or self._short_sessions >= 3:
@@ -597,11 +629,33 @@ class MqttLink:
                     cause,
                     self.options.client_id,
                     TAKEOVER_DELAY,
+                    extra={"device_id": self.topics.device_id, "link": "broker", "state": "down"},
                 )
             else:
-                log.warning("lost the broker %s (%s); reconnecting", self._where(), reason_code)
+                log.warning(
+                    "lost the broker %s (%s); reconnecting",
+                    self._where(),
+                    reason_code,
+                    extra={"device_id": self.topics.device_id, "link": "broker", "state": "down"},
+                )
         except Exception:
             log.exception("on_disconnect failed")
+
+    def _report_closed_before_connack(self) -> None:
+        """The broker closed the link after TCP (and TLS) but before a CONNACK."""
+        if self._refused:  # the CONNACK refusal was logged already
+            self._refused = False
+            return
+        hint = (
+            "does it require a client certificate (BRIDGE_MQTT_CERT_FILE / BRIDGE_MQTT_KEY_FILE)?"
+            if self.options.tls
+            else "is BRIDGE_MQTT_PORT a TLS port? then set BRIDGE_MQTT_TLS=true"
+        )
+        log.warning(
+            "broker %s closed the connection before accepting it: %s; retrying",
+            self._where(),
+            hint,
+        )
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
