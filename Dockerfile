@@ -17,6 +17,11 @@ USER bridge
 WORKDIR /data
 # State (the durable outage spool) lives here; mount a volume to keep it across restarts.
 VOLUME ["/data"]
+# Health and metrics listener (/healthz, /readyz, /metrics). BRIDGE_HTTP_HOST stays 127.0.0.1,
+# so it listens inside the container only, for the HEALTHCHECK below; set BRIDGE_HTTP_HOST=0.0.0.0
+# and publish the port for a Prometheus server outside.
+ENV BRIDGE_HTTP_PORT=8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["springcore-bridge", "health"]
 # Exec form: the bridge runs as PID 1 and gets SIGTERM itself (it handles SIGTERM and SIGINT).
 ENTRYPOINT ["springcore-bridge"]
 CMD ["run"]

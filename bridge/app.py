@@ -2,7 +2,8 @@
 
 Threads: the reader link reads (``reader``), the command worker writes commands (``commands``),
 paho runs its network loop and the MQTT link its publishing pump. They hand data across
-with queues; none of them blocks another.
+with queues; none of them blocks another. When BRIDGE_HTTP_PORT is set, the health listener
+(``bridge.health``) reads their state from yet another thread.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 from bridge.commands import CommandError, RateLimit, parse_command
 from bridge.config import CommandOptions, ConfigError, OutboxOptions, Settings
+from bridge.health import HealthServer, Snapshot
 from bridge.mqtt import IncomingCommand, MqttLink
 from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
 from bridge.protocol import Frame, Skipped
@@ -164,8 +166,12 @@ class Bridge:
             threading.Thread(target=self.reader.run, name="reader", daemon=True),
             threading.Thread(target=self.commands.run, name="commands", daemon=True),
         ]
+        http = settings.http()
+        self.http = HealthServer(http, self) if http is not None else None
 
     def start(self) -> None:
+        if self.http is not None:
+            self.http.start()  # first: a port already in use stops us before anything runs
         log.info(
             "bridging reader %s:%d to broker %s:%d as %s",
             self.reader.options.host,
@@ -180,12 +186,48 @@ class Bridge:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop reading, finish commands, deliver what is pending, publish ``offline``."""
+        if self.http is not None:
+            self.http.stop()
         self.reader.stop()
         self.commands.stop()
         for thread in self._threads:
             thread.join(timeout)
         self.mqtt.stop(drain_timeout=timeout)
         log.info("stopped")
+
+    # -- what the health listener reads (its own threads) ----------------------------------
+
+    def dead_loops(self) -> list[str]:
+        """Names of the bridge's threads that are not running (all of them before ``start``)."""
+        dead = [thread.name for thread in self._threads if not thread.is_alive()]
+        return dead if self.mqtt.is_alive() else [*dead, "mqtt-pump"]
+
+    def is_alive(self) -> bool:
+        return not self.dead_loops()
+
+    def snapshot(self) -> Snapshot:
+        """The counters the parts keep anyway, and the link states, read now."""
+        reader, mqtt = self.reader.counters, self.mqtt.counters
+        backlog = self.mqtt.backlog
+        last = reader.last_frame_at
+        return Snapshot(
+            reader_up=self.reader.is_up,
+            reader_down_reason=self.reader.down_reason,
+            broker_connected=self.mqtt.is_connected,
+            received=reader.frames,
+            parse_errors=reader.skipped,
+            published=mqtt.published,
+            rejected=mqtt.rejected,
+            buffered=backlog,
+            dropped=self.mqtt.dropped,
+            spooled=backlog if isinstance(self.outbox, SpoolOutbox) else 0,
+            commands_ok=self.commands.sent,
+            commands_refused=self.commands.refused,
+            commands_expired=self.commands.expired,
+            reader_connects=reader.connects,
+            broker_connects=mqtt.connects,
+            last_event_age=None if last is None else time.monotonic() - last,
+        )
 
     # -- reader callbacks (reader thread) -------------------------------------------------
 

@@ -1,6 +1,8 @@
-"""The ``springcore-bridge`` command line: ``run`` (default), ``simulate``, ``--version``.
+"""The ``springcore-bridge`` command line: ``run`` (default), ``simulate``, ``check``, ``health``,
+``ha-remove``, ``--version``.
 
-Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad settings or usage.
+Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passed check, 1 for a failed check,
+2 for bad settings or usage.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from collections.abc import Sequence
 
 from bridge import __version__, logs
-from bridge.config import ConfigError, Settings, load_run_settings
+from bridge.config import ConfigError, Settings, load_run_settings, load_settings
 from bridge.simulator import PROFILES, SEPARATORS, Simulator
 
 log = logging.getLogger("bridge")
@@ -50,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     _add_setting_flags(remove)
+    check = sub.add_parser(
+        "check", help="check the settings, then that the reader and the broker can be reached"
+    )
+    check.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    _add_setting_flags(check)
+    health = sub.add_parser(
+        "health", help="ask a running bridge's HTTP listener whether it is healthy (exit 0/1)"
+    )
+    health.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    health.add_argument(
+        "--ready", action="store_true", help="ask /readyz (broker and reader connected) instead"
+    )
+    _add_setting_flags(health)
     sim = sub.add_parser("simulate", help="run a SpringCore reader simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sim.add_argument("--port", type=int, default=4000, help="TCP port (default 4000)")
@@ -85,11 +100,14 @@ def _wait_stop_signal() -> None:
     log.info("received %s, stopping", signal.Signals(signum).name)
 
 
-def _settings(args: argparse.Namespace, **extra: object) -> Settings:
-    """The settings of ``run`` and ``ha-remove`` (flags over environment over file); logging."""
+def _settings(
+    args: argparse.Namespace, extra: dict[str, object] | None = None, *, for_run: bool = True
+) -> Settings:
+    """The settings of a subcommand (flags over environment over file); logging set up."""
     overrides: dict[str, object] = {name: getattr(args, name) for name in Settings.model_fields}
-    overrides.update(extra)
-    settings = load_run_settings(env_file=args.env_file, **overrides)
+    overrides.update(extra or {})
+    load = load_run_settings if for_run else load_settings
+    settings = load(env_file=args.env_file, **overrides)
     logs.configure(settings.log_level, settings.log_format)
     return settings
 
@@ -101,7 +119,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     simulator = _start_demo_reader(args) if args.simulate else None
     try:
         extra = {} if simulator is None else _demo_overrides(args, simulator)
-        bridge = Bridge(_settings(args, **extra))
+        bridge = Bridge(_settings(args, extra))
     except ConfigError:
         if simulator is not None:
             simulator.stop()
@@ -119,7 +137,10 @@ def remove_discovery(args: argparse.Namespace) -> int:
     from bridge.discovery import Discovery  # noqa: PLC0415 - paho only where needed
     from bridge.mqtt import publish_once  # noqa: PLC0415
 
-    settings = _settings(args)
+    # A reader that is gone needs no address: its device id is enough.
+    settings = _settings(args, for_run=False)
+    if not (settings.device_id or settings.reader_host):
+        raise ConfigError(["BRIDGE_DEVICE_ID: required (or BRIDGE_READER_HOST to derive it)"])
     discovery = Discovery(settings.ha_discovery_prefix, settings.topics(), settings.identity())
     failure = publish_once(settings.mqtt(), discovery.removals())
     if failure:
@@ -132,6 +153,37 @@ def remove_discovery(args: argparse.Namespace) -> int:
     if settings.ha_discovery:
         print("set BRIDGE_HA_DISCOVERY=false, or the bridge announces them again when it starts")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Settings (exit 2), then one line per link; 0 only when every check passed."""
+    from bridge.probe import check_broker, check_reader  # noqa: PLC0415 - paho only here
+
+    settings = _settings(args)
+    settings.check_run()
+    reader = check_reader(settings.reader())
+    print(reader.line(), flush=True)
+    broker = check_broker(settings.mqtt())
+    print(broker.line(), flush=True)
+    return 0 if reader.ok and broker.ok else 1
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """For the container HEALTHCHECK: 0 when the listener answers 200, else 1 and why."""
+    from bridge.probe import check_health  # noqa: PLC0415 - keeps this frequent probe light
+
+    overrides = {name: getattr(args, name) for name in Settings.model_fields}
+    try:
+        options = load_settings(env_file=args.env_file, **overrides).http()
+    except ConfigError as exc:  # not 2: Docker reserves it; a HEALTHCHECK answers 0 or 1
+        print(f"springcore-bridge health: {'; '.join(exc.lines)}")
+        return 1
+    if options is None:
+        print("springcore-bridge health: BRIDGE_HTTP_PORT is not set: no listener to ask")
+        return 1
+    result = check_health(options, "/readyz" if args.ready else "/healthz")
+    print(result.line())
+    return 0 if result.ok else 1
 
 
 def _start_demo_reader(args: argparse.Namespace) -> Simulator:
@@ -190,7 +242,7 @@ def _read_stdin(simulator: Simulator, profiles: tuple[str, ...]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    commands = ("run", "simulate", "ha-remove", "-h", "--help", "--version")
+    commands = ("run", "simulate", "ha-remove", "check", "health", "-h", "--help", "--version")
     if not arguments or arguments[0] not in commands:
         arguments.insert(0, "run")
     args = parser.parse_args(arguments)
@@ -199,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ha-remove":
             return remove_discovery(args)
+        if args.command == "check":
+            return run_check(args)
+        if args.command == "health":
+            return run_health(args)
         return run_bridge(args)
     except ConfigError as exc:
         for line in exc.lines:
