@@ -19,17 +19,19 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 # Event fields, read defensively: older firmware says State instead of Move (PROTOCOL.md §2).
 _MOVE = "value_json.get('Move', value_json.get('State', ''))"
-TAG_TEMPLATE = f"{{{{ '' if {_MOVE} == 'Remove' else value_json.TagId }}}}"
+_TAG_ID = "value_json.get('TagId', value_json.get('TagUid', ''))"  # TagUid: older firmware
+TAG_TEMPLATE = f"{{{{ '' if {_MOVE} == 'Remove' else {_TAG_ID} }}}}"
 """The tag scanner fires on a read or an Insert; an empty rendering (a Remove) is ignored."""
 EVENT_TEMPLATE = (
     f"{{% set move = {_MOVE} %}}"
     "{{ {'event_type': 'removed' if move == 'Remove' else 'read', "
-    "'tag_id': value_json.TagId, 'protocol': value_json.Protocol, "
+    f"'tag_id': {_TAG_ID}, 'protocol': value_json.Protocol, "
     "'interface': value_json.Interface} | to_json }}"
 )
 TRIGGER_TEMPLATE = f"{{{{ 'removed' if {_MOVE} == 'Remove' else 'read' }}}}"
 AVAILABILITY = f"{{{{ 'online' if value_json.State == '{STATE_READY}' else 'offline' }}}}"
 LINK_AVAILABILITY = f"{{{{ 'offline' if value_json.State == '{STATE_DEAD}' else 'online' }}}}"
+ORIGIN = {"name": "springcore-bridge", "sw_version": __version__}
 LINK_STATE = f"{{{{ 'ON' if value_json.State == '{STATE_READY}' else 'OFF' }}}}"
 
 
@@ -78,7 +80,7 @@ class Discovery:
             "unique_id": f"springcore_{self.node}_{object_id}",
             "availability": [{"topic": self.topics.status, "value_template": AVAILABILITY}],
             "device": self.device(),
-            "origin": {"name": "springcore-bridge", "sw_version": __version__},
+            "origin": ORIGIN,
             **config,
         }
 
@@ -89,7 +91,12 @@ class Discovery:
             # tag and device_automation drop unknown keys (availability, origin, ...).
             (
                 self._topic("tag", "tag"),
-                {"topic": event_topic, "value_template": TAG_TEMPLATE, "device": self.device()},
+                {
+                    "topic": event_topic,
+                    "value_template": TAG_TEMPLATE,
+                    "device": self.device(),
+                    "origin": ORIGIN,  # read by discovery itself, for its log, then dropped
+                },
             ),
         ]
         for kind in ("read", "removed"):
@@ -104,6 +111,7 @@ class Discovery:
                         "value_template": TRIGGER_TEMPLATE,
                         "payload": kind,
                         "device": self.device(),
+                        "origin": ORIGIN,
                     },
                 )
             )
@@ -158,7 +166,7 @@ class Discovery:
                     "last_tag",
                     "Last tag",
                     state_topic=event_topic,
-                    value_template="{{ value_json.TagId }}",
+                    value_template=f"{{{{ {_TAG_ID} }}}}",
                     icon="mdi:card-account-details-outline",
                     enabled_by_default=False,  # card ids are personal data
                 ),

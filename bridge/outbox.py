@@ -146,6 +146,7 @@ class SpoolOutbox(_Bounds):
         self._window_complete = False  # every queued row is in the window
         self._acked: list[int] = []
         self._out: set[int] = set()  # handed out, not yet acknowledged
+        self._closed = False
         self._drop_older_than(time.time() - max_age)
         row = self._db.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
         self._count: int = row[0]
@@ -236,5 +237,9 @@ class SpoolOutbox(_Bounds):
         return deleted
 
     def close(self) -> None:
+        """Flush and close; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         self.flush()
         self._db.close()
