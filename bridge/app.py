@@ -150,7 +150,11 @@ class Bridge:
         settings.check_run()
         self.topics = settings.topics()
         self.reader = ReaderLink(
-            settings.reader(), self._on_frame, self._on_skipped, self._on_reader_state
+            settings.reader(),
+            self._on_frame,
+            self._on_skipped,
+            self._on_reader_state,
+            on_batch=self._on_read,
         )
         self.outbox = open_outbox(settings.outbox())
         self.mqtt = MqttLink(
@@ -234,6 +238,11 @@ class Bridge:
     def _on_frame(self, frame: Frame) -> None:
         log.debug("event %s", frame.payload[:200])
         self.mqtt.publish_event(frame.payload, time.time())
+
+    def _on_read(self) -> None:
+        # The events of one read are spooled in one transaction, committed here: durable
+        # before anything else happens, without a disk write per event.
+        self.mqtt.commit()
 
     def _on_skipped(self, skipped: Skipped) -> None:
         log.warning(

@@ -388,6 +388,11 @@ class MqttLink:
             self._outbox.put(payload, received_at)
             self._cond.notify_all()
 
+    def commit(self) -> None:
+        """Make the events queued so far durable (the reader calls it after each read)."""
+        with self._cond:
+            self._outbox.commit()
+
     def publish_result(self, payload: bytes, command: IncomingCommand) -> None:
         with self._cond:
             self._state.results.append((self.topics.result, payload, None))

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 WINDOW_ROWS = 500
 """Queued spool rows kept in memory at a time; the rest stay on disk."""
+AGE_CHECK = 10.0
+"""Seconds between two scans for events older than the age limit."""
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Outbox(Protocol):
     def ack(self, seq: int) -> None: ...
     def unacked(self) -> int: ...
     def queued(self) -> int: ...
+    def commit(self) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -114,6 +117,9 @@ class MemoryOutbox(_Bounds):
     def queued(self) -> int:
         return len(self._queue)
 
+    def commit(self) -> None:
+        """Nothing is durable here."""
+
     def flush(self) -> None:
         cutoff = time.time() - self.max_age
         old = 0
@@ -147,6 +153,7 @@ class SpoolOutbox(_Bounds):
         self._acked: list[int] = []
         self._out: set[int] = set()  # handed out, not yet acknowledged
         self._closed = False
+        self._age_checked = 0.0
         self._drop_older_than(time.time() - max_age)
         row = self._db.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
         self._count: int = row[0]
@@ -157,6 +164,8 @@ class SpoolOutbox(_Bounds):
 
     def put(self, payload: bytes, received_at: float) -> int:
         self._seq += 1
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")  # committed by commit(), take() or flush()
         self._db.execute(
             "INSERT INTO events (seq, received_at, payload) VALUES (?, ?, ?)",
             (self._seq, received_at, payload),
@@ -180,6 +189,11 @@ class SpoolOutbox(_Bounds):
         self._count -= 1
         self._report_drop(1, f"spool full ({self.max_events} events, BRIDGE_OUTBOX_SIZE)")
 
+    def commit(self) -> None:
+        """Make every event put so far durable (one transaction for a whole read's events)."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
     def _fill_window(self) -> None:
         if self._window or self._window_complete:
             return
@@ -191,6 +205,7 @@ class SpoolOutbox(_Bounds):
         self._window_complete = len(rows) < WINDOW_ROWS
 
     def take(self) -> Pending | None:
+        self.commit()  # nothing is handed to paho before it is on disk
         self._fill_window()
         if not self._window:
             return None
@@ -217,10 +232,20 @@ class SpoolOutbox(_Bounds):
         return self._count - len(self._out)
 
     def flush(self) -> None:
-        """Delete acknowledged rows and rows past the age limit."""
-        if self._acked:
-            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in self._acked))
-            self._acked.clear()
+        """Delete acknowledged rows and (every AGE_CHECK s) rows past the age limit."""
+        self.commit()
+        acked, self._acked = self._acked, []
+        if acked and max(acked) - min(acked) + 1 == len(acked):
+            # Acknowledgements come in order: one range delete instead of one per row.
+            self._db.execute(
+                "DELETE FROM events WHERE seq BETWEEN ? AND ?", (min(acked), max(acked))
+            )
+        elif acked:
+            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in acked))
+        now = time.monotonic()
+        if now - self._age_checked < AGE_CHECK:
+            return
+        self._age_checked = now
         dropped = self._drop_older_than(time.time() - self.max_age, queued_only=True)
         if dropped:
             self._count -= dropped

@@ -46,6 +46,8 @@ _STRING_STARTERS: Final = b"{[:,"
 _IDLE_SEPARATORS = re.compile(rb"[ \t\r\n\x00]*")
 _IDLE_JUNK = re.compile(rb"[^ \t\r\n\x00{]*")
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
+# A compact object without nesting, strings and all: what the reader sends (PROTOCOL.md 1).
+_FLAT_OBJECT = re.compile(rb'\{(?:[^"{}\[\]\\\x00-\x20]|"(?:[^"\\\x00-\x1f]|\\.)*")*\}')
 _PLAIN_RUN = re.compile(rb'[^ \t\r\n"{}\[\]:,\x00-\x1f]+')  # numbers, true, false, null
 
 
@@ -84,6 +86,19 @@ def _match_end(pattern: re.Pattern[bytes], data: bytes, pos: int, endpos: int) -
 def _reject_constant(name: str) -> object:
     # Python's json accepts NaN and Infinity; JSON (and MQTT consumers) do not.
     raise ValueError(f"{name} is not JSON")
+
+
+def _decode(raw: bytes) -> dict[str, object] | str:
+    """The JSON object in ``raw``, or why it is not one (a Skipped reason)."""
+    try:
+        decoded = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        return "invalid UTF-8"
+    except ValueError as exc:
+        return f"invalid JSON ({getattr(exc, 'msg', str(exc))})"
+    except RecursionError:  # 64 KiB of "[" nests deeper than json can follow
+        return "invalid JSON (nested too deeply)"
+    return decoded if isinstance(decoded, dict) else "invalid JSON (not an object)"
 
 
 class StreamDecoder:
@@ -131,6 +146,9 @@ class StreamDecoder:
             return _match_end(_IDLE_SEPARATORS, data, pos, len(data))
         if byte == 0x7B:  # "{"
             self._end_junk(out)
+            fast = self._fast_object(data, pos, out)
+            if fast:
+                return fast
             self._start_object()
             return pos
         room = self.max_object - self._junk
@@ -141,6 +159,22 @@ class StreamDecoder:
         if self._junk >= self.max_object:
             self._end_junk(out)  # report long junk in bounded pieces
         return stop
+
+    def _fast_object(self, data: bytes, pos: int, out: list[Item]) -> int:
+        """The common case in one step: a whole compact flat object in ``data``.
+
+        Only a valid one is taken (and the byte-by-byte path would give the very same Frame);
+        anything else returns 0 and goes the slow way, so results never depend on chunking.
+        """
+        match = _FLAT_OBJECT.match(data, pos, min(len(data), pos + self.max_object))
+        if match is None:
+            return 0
+        raw = match.group()
+        decoded = _decode(raw)
+        if not isinstance(decoded, dict):
+            return 0
+        out.append(Frame(raw, decoded))
+        return match.end()
 
     def _end_junk(self, out: list[Item]) -> None:
         if self._junk:
@@ -279,17 +313,9 @@ class StreamDecoder:
             return
         raw = bytes(self._buf)
         self._reset_object()
-        try:
-            decoded = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            out.append(Skipped("invalid UTF-8", len(raw), raw[:SAMPLE_SIZE]))
-            return
-        except ValueError as exc:
-            reason = getattr(exc, "msg", str(exc))
-            out.append(Skipped(f"invalid JSON ({reason})", len(raw), raw[:SAMPLE_SIZE]))
-            return
-        except RecursionError:  # 64 KiB of "[" nests deeper than json can follow
-            out.append(Skipped("invalid JSON (nested too deeply)", len(raw), raw[:SAMPLE_SIZE]))
+        decoded = _decode(raw)
+        if isinstance(decoded, str):
+            out.append(Skipped(decoded, len(raw), raw[:SAMPLE_SIZE]))
             return
         # A balanced run that starts with "{" and parses is always an object.
         assert isinstance(decoded, dict)

@@ -113,12 +113,15 @@ class ReaderLink:
         on_frame: Callable[[Frame], None],
         on_skipped: Callable[[Skipped], None],
         on_state: Callable[[bool, str], None],
+        *,
         backoff_initial: float = 0.5,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
         self._on_frame = on_frame
         self._on_skipped = on_skipped
         self._on_state = on_state
+        self._on_batch = on_batch  # after the items of one read: e.g. commit them together
         self._backoff = Backoff(backoff_initial, options.backoff_max)
         self._stop = threading.Event()
         self._up = threading.Event()
@@ -268,6 +271,8 @@ class ReaderLink:
                 self.counters.skipped += 1
                 self.counters.skipped_bytes += item.size
                 self._on_skipped(item)
+        if items and self._on_batch is not None:
+            self._on_batch()
 
     # -- commands ------------------------------------------------------------------------
 
