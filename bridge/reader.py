@@ -30,7 +30,7 @@ QUICK_CLOSE = 2.0
 SETTLE = 0.5
 """Seconds a new connection must stay open (or deliver data) before the link counts as up."""
 STABLE_LINK = 10.0
-"""A link that stayed up this long resets the reconnect backoff."""
+"""A link that stayed up this long (or delivered data) resets the reconnect backoff."""
 
 
 class CommandNotSentError(Exception):
@@ -221,8 +221,6 @@ class ReaderLink:
                 if data:
                     received += len(data)
                     self._dispatch(decoder.feed(data))
-                    if time.monotonic() - connected_at > STABLE_LINK:
-                        self._backoff.reset()
                 data = self._receive(sock)
                 if not data:
                     return self._closed_reason(connected_at, received)
@@ -233,7 +231,9 @@ class ReaderLink:
             with self._write_lock:
                 self._sock = None
                 sock.close()
-            if time.monotonic() - connected_at > STABLE_LINK:
+            # A link that carried data, or lasted, was a good one: reconnect quickly. One that
+            # the reader closed at once (a busy slot) keeps backing off.
+            if received or time.monotonic() - connected_at > STABLE_LINK:
                 self._backoff.reset()
 
     def _receive(self, sock: socket.socket) -> bytes:

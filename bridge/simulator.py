@@ -249,6 +249,9 @@ class Simulator:
                 else:
                     sock.close()
                 continue
+            # Each event goes out at once, as a reader's would (no Nagle delay that an RST
+            # could catch unsent: the soak saw that).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             log.info("client %s:%d connected", *peer[:2])
             threading.Thread(target=self._read_loop, args=(sock,), daemon=True).start()
 
