@@ -1,0 +1,81 @@
+"""``scripts/bench.py`` runs end to end and reports every figure for the bridge and the bare path.
+
+A smoke test of the benchmark itself, with every phase one second long and without the
+1,000,000-event run: the figures are meaningless at that length, only their presence is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, mosquitto_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+LATENCY = {f"latency_{rate}_{q}_ms" for rate in (10, 200, 2000) for q in ("p50", "p99", "p999")}
+MEASURED = LATENCY | {
+    "throughput_qos0_eps",
+    "throughput_qos1_eps",
+    "saturation_qos0_eps",
+    "saturation_qos1_eps",
+    "command_latency_p50_ms",
+    "command_latency_p99_ms",
+    "cpu_s_per_10k_at_2000",
+    "cpu_s_per_10k_at_max_qos1",
+    "peak_rss_mb",
+    "peak_rss_with_probes_mb",
+    "events_lost",
+    "events_lost_overload",
+}
+MILLION = {"rss_after_million_mb", "rss_growth_million_pct"}
+
+
+@pytest.mark.timeout(120)
+def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
+    mosquitto_binary()  # fails with the install hint when it is missing
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--quick",
+            "--skip-million",
+            "--seconds",
+            "1",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| metric" in result.stdout  # the table
+    report = json.loads(out.read_text())
+    metrics = report["metrics"]
+    assert set(metrics) == MEASURED | MILLION
+    for key in MEASURED:
+        for path in ("bridge", "baseline"):
+            value = metrics[key][path]
+            assert isinstance(value, int | float), (key, path, value)
+            assert value >= 0, (key, path, value)
+        if not key.startswith("events_lost"):
+            assert metrics[key]["ratio"] > 0, key
+    for key in MILLION:  # skipped: present, without a value
+        assert metrics[key]["bridge"] is None
+        assert metrics[key]["baseline"] is None
+    assert report["meta"]["million_skipped"] is True
+    for key in ("latency_200_p50_ms", "throughput_qos1_eps", "command_latency_p50_ms"):
+        assert metrics[key]["target"]
+        assert isinstance(metrics[key]["met"], bool)
+    paths = {(phase["phase"], phase["path"]) for phase in report["phases"]}
+    for phase in ("latency 10/s", "latency 200/s", "latency 2000/s", "commands"):
+        assert {(phase, "bridge"), (phase, "baseline")} <= paths
