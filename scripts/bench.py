@@ -88,6 +88,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import paho.mqtt.client as paho
+from harness import free_port, guarded, stop_process, wait_port  # scripts/harness.py
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -158,45 +159,6 @@ def percentile(ordered: list[int], q: float) -> int:
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # polling a port: there is no event to wait on
-    raise BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def _guarded(command: list[str]) -> list[str]:
-    """Have the child killed if this process dies, even by SIGKILL (util-linux ``setpriv``).
-    The death signal follows the thread that started the child: start them from main only."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout`` s; the exit status (negative = signal)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(10)
-    return process.returncode
 
 
 class ProcStat:
@@ -273,7 +235,7 @@ class Broker:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own command line
-                _guarded([mosquitto_binary(), "-c", str(self.config)]),
+                guarded([mosquitto_binary(), "-c", str(self.config)]),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -703,7 +665,7 @@ class Sut:
             env = dict(os.environ)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own command line
-                _guarded(command),
+                guarded(command),
                 cwd=workdir,  # no .env of the checkout is read
                 env=env,
                 stdin=subprocess.DEVNULL,

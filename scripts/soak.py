@@ -70,6 +70,8 @@ REPO: Final = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from harness import free_port, guarded, stop_process, wait_port  # noqa: E402 - scripts/harness.py
+
 from bridge.simulator import PROFILES, Simulator  # noqa: E402 - after the path set-up
 
 log = logging.getLogger("soak")
@@ -98,48 +100,6 @@ class StopRequestedError(Exception):
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # polling a port: there is no event to wait on
-    raise SoakError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def _guarded(command: list[str]) -> list[str]:
-    """Have the child killed if this process dies, even by SIGKILL (util-linux ``setpriv``).
-
-    The death signal follows the *thread* that started the child: start children from the
-    main thread only.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout`` s; the exit status (negative = signal)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(10)
-    return process.returncode
 
 
 def mosquitto_binary() -> str:
@@ -186,7 +146,7 @@ class Broker:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own command line
-                _guarded([mosquitto_binary(), "-c", str(self.config)]),
+                guarded([mosquitto_binary(), "-c", str(self.config)]),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -225,7 +185,7 @@ class BridgeProcess:
         )
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own command line
-                _guarded([sys.executable, "-m", "bridge", "run"]),
+                guarded([sys.executable, "-m", "bridge", "run"]),
                 cwd=workdir,  # no .env of the checkout is read
                 env=env,
                 stdin=subprocess.DEVNULL,
