@@ -26,6 +26,7 @@ MEASURED = LATENCY | {
     "command_latency_p50_ms",
     "command_latency_p99_ms",
     "cpu_s_per_10k_at_2000",
+    "context_switches_per_event_at_2000",
     "cpu_s_per_10k_at_max_qos1",
     "peak_rss_mb",
     "peak_rss_with_probes_mb",
