@@ -149,6 +149,7 @@ class Bridge:
     def __init__(self, settings: Settings) -> None:
         settings.check_run()
         self.topics = settings.topics()
+        self._batch: list[tuple[bytes, float]] = []  # the events of the current read
         self.reader = ReaderLink(
             settings.reader(),
             self._on_frame,
@@ -236,13 +237,15 @@ class Bridge:
     # -- reader callbacks (reader thread) -------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        log.debug("event %s", frame.payload[:200])
-        self.mqtt.publish_event(frame.payload, time.time())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event %s", frame.payload[:200])
+        self._batch.append((frame.payload, time.time()))
 
     def _on_read(self) -> None:
-        # The events of one read are spooled in one transaction, committed here: durable
-        # before anything else happens, without a disk write per event.
-        self.mqtt.commit()
+        # The events of one read are spooled in one transaction: durable before anything
+        # else happens, without a disk write per event; then published from this thread.
+        batch, self._batch = self._batch, []
+        self.mqtt.publish_events(batch)
 
     def _on_skipped(self, skipped: Skipped) -> None:
         log.warning(

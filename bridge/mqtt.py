@@ -1,17 +1,21 @@
-"""The only owner of the paho-mqtt client: connection, outbox, publishing, the command topic.
+"""The only owner of the paho-mqtt client: connection, publishing, the command topic.
 
 paho facts this module is built around (PAHO.md):
 
 * paho's own queue is RAM-only, refuses message 65,536 and dumps its whole backlog at once
-  on reconnect (#377, #492), so events wait in the bridge's bounded :class:`Outbox` and only
-  a window of them is handed to paho, and only while connected;
+  on reconnect (#377, #492), so events wait in the bridge's bounded outbox and only a window
+  of them is handed to paho, and only while connected (``bridge.delivery``);
 * a message is delivered only when ``on_publish`` says so;
-* ``on_publish`` runs with paho's message lock held, and ``publish()`` takes that lock, so no
-  lock of ours is ever held around ``publish()`` (#226, #346) - one pump thread publishes,
-  callbacks only record state and notify;
+* ``on_publish`` runs with paho's message lock held, and ``publish()`` takes that lock, so the
+  lock held around ``publish()`` (``Delivery.lock``) is never taken in a callback (#226,
+  #346); callbacks only record state under ``_cond``, which is never held around publish();
 * an exception in a callback kills paho's thread (#365): every callback body is guarded;
 * paho re-sends unacknowledged QoS 1 messages itself after reconnecting, right *after*
   ``on_connect`` returns, so new events wait until those are acknowledged (order kept).
+
+Events are published by the reader thread right after each read (no thread hand-over on the
+way to the broker); the pump thread publishes the rest: what waited for the window or for
+the broker, status, meta, discovery and command results.
 
 The session starts clean every time: a broker must not keep commands for the bridge while it
 is away and deliver them late (a late "accept" opens a door).
@@ -38,6 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import MqttOptions
+from bridge.delivery import WINDOW, Delivery
 from bridge.discovery import Discovery
 from bridge.outbox import Outbox, Pending
 from bridge.topics import (
@@ -52,8 +57,6 @@ from bridge.topics import (
 
 log = logging.getLogger(__name__)
 
-WINDOW = 100
-"""Events handed to paho at once (in flight, not yet acknowledged)."""
 FLUSH = 0.5
 """Seconds between two deletions of acknowledged events from the spool."""
 RECONNECT_MAX = 30
@@ -90,6 +93,11 @@ class MqttCounters:
     takeovers: int = 0
 
 
+_Message = tuple[str, bytes, Properties | None]
+_Job = _Message | bool | None
+"""Besides events: True = meta, status (and discovery), False = status, None = discovery."""
+
+
 @dataclass
 class _Shared:
     """State shared by callbacks and the pump, always under ``MqttLink._cond``."""
@@ -99,11 +107,12 @@ class _Shared:
     announce: bool = False  # meta, status and discovery are due (a new connection)
     status_due: bool = False  # status is due (the reader link changed)
     rediscover_at: float | None = None  # time.monotonic() to announce discovery again
-    barrier: bool = False
+    connection: int = 0  # connections so far (Delivery's barrier after each reconnection)
     reader_up: bool = False
-    results: deque[tuple[str, bytes, Properties | None]] = field(default_factory=deque)
-    inflight: dict[int, Pending | None] = field(default_factory=dict)
-    early_acks: set[int] = field(default_factory=set)
+    results: deque[_Message] = field(default_factory=deque)
+    backlog: bool = False  # events wait in the outbox for room in the window
+    kicked: bool = False  # an acknowledgement or a connection came since the pump last looked
+    watched: bool = False  # stop() waits for acknowledgements
 
 
 class _Client(paho.Client):
@@ -132,6 +141,45 @@ class _Client(paho.Client):
             sock.close()
             raise
         return sock
+
+
+class _UserProperties(Properties):
+    """MQTT v5 PUBLISH properties with only User Property pairs, packed once.
+
+    paho's own ``Properties`` took ~70 us per event to build and pack (issue 5 profile),
+    more than the rest of the bridge's per-event work; this takes ~7 us. paho calls only
+    ``pack()`` on it (again when it re-sends after a reconnection) and ``str()`` for its
+    debug log (paho 2.2, ``Client._send_publish``)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:  # not paho's: nothing else set
+        self.pairs = pairs
+        body = b"".join(b"\x26" + _utf8_pair(name) + _utf8_pair(value) for name, value in pairs)
+        self._packed = _varint(len(body)) + body
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # paho's checks need what __init__ skipped
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __str__(self) -> str:
+        return f"[UserProperty : {self.pairs}]"
+
+
+def _utf8_pair(text: str) -> bytes:
+    """An MQTT UTF-8 string: two bytes of length, then the bytes (MQTT 5 §1.5.4)."""
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _varint(value: int) -> bytes:
+    """An MQTT variable byte integer (MQTT 5 §1.5.5)."""
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _properties(packet_type: int) -> Properties:
@@ -263,15 +311,16 @@ class MqttLink:
         discovery: Discovery | None = None,
     ) -> None:
         self.options = options
-        self._outbox = outbox
         self._discovery = discovery
         self.topics = topics
         self._identity = identity
         self._on_command = on_command
-        self._cond = threading.Condition()
+        self._delivery = Delivery(outbox, topics.event)
+        self._cond = threading.Condition()  # never held around publish(): callbacks take it
         self._state = _Shared()
         self._stopping = False
-        self.counters = MqttCounters()
+        self._connects = 0
+        self._takeovers = 0
         self._short_sessions = 0  # connections in a row that the broker closed within 2 s
         self._refused = False  # the last CONNACK was a refusal (already logged)
         self._client = self._make_client()
@@ -327,32 +376,48 @@ class MqttLink:
         with self._cond:
             if self._stopping:
                 return
-            self._cond.wait_for(lambda: not self._has_backlog(), timeout=drain_timeout)
+        self._wait_settled(lambda: not self._has_backlog(), deadline)
+        with self._cond:
             connected = self._state.connected
             self._stopping = True
             self._cond.notify_all()
         self._pump.join(timeout=max(0.1, deadline - time.monotonic()))
         if connected:
-            info = self._client.publish(
-                self.topics.status, status_payload(STATE_OFFLINE), qos=1, retain=True
-            )
-            with self._cond:
-                # Never recorded by the pump, so its acknowledgement lands in early_acks.
-                self._cond.wait_for(
-                    lambda: info.mid in self._state.early_acks,
-                    timeout=max(0.5, deadline - time.monotonic()),
+            with self._delivery.lock:
+                info = self._client.publish(
+                    self.topics.status, status_payload(STATE_OFFLINE), qos=1, retain=True
                 )
+                self._delivery.record(info.mid, None)
+            self._wait_settled(
+                lambda: self._delivery.in_flight() == 0,
+                max(deadline, time.monotonic() + 0.5),
+            )
         self._client.disconnect()
         self._client.loop_stop()
-        with self._cond:
-            left = self._outbox.unacked()
-            self._outbox.close()
+        with self._delivery.lock:
+            left = self._delivery.unacked()
+            self._delivery.outbox.close()
         if left:
             log.warning("stopping with %d event(s) not delivered to the broker", left)
 
+    def _wait_settled(self, done: Callable[[], bool], deadline: float) -> None:
+        """Wait until ``done()`` (called under the delivery lock, acknowledgements applied)."""
+        while True:
+            with self._delivery.lock:
+                self._delivery.settle()
+                if done():
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with self._cond:  # woken by each acknowledgement (see _on_publish)
+                self._state.watched = True
+                self._cond.wait(min(remaining, FLUSH))
+
     def _has_backlog(self) -> bool:
+        """Under the delivery lock: connected, and something is not yet acknowledged."""
         state = self._state
-        busy = self._outbox.unacked() or state.inflight or state.results
+        busy = self._delivery.outbox.unacked() or self._delivery.in_flight() or state.results
         return state.connected and bool(busy)
 
     def is_alive(self) -> bool:
@@ -369,29 +434,38 @@ class MqttLink:
             return self._state.connected
 
     @property
+    def counters(self) -> MqttCounters:
+        with self._delivery.lock:
+            self._delivery.settle()
+            published, rejected = self._delivery.published, self._delivery.rejected
+        return MqttCounters(published, rejected, self._connects, self._takeovers)
+
+    @property
     def backlog(self) -> int:
         """Events not yet acknowledged by the broker."""
-        with self._cond:
-            return self._outbox.unacked()
+        with self._delivery.lock:
+            return self._delivery.unacked()
 
     @property
     def dropped(self) -> int:
         """Events dropped because the outbox was full or they grew too old."""
-        with self._cond:
-            return self._outbox.dropped
+        with self._delivery.lock:
+            return self._delivery.outbox.dropped
 
     # -- what the application hands over ---------------------------------------------------
 
-    def publish_event(self, payload: bytes, received_at: float) -> None:
-        """Queue one event (``received_at`` = ``time.time()`` when it was read)."""
-        with self._cond:
-            self._outbox.put(payload, received_at)
-            self._cond.notify_all()
-
-    def commit(self) -> None:
-        """Make the events queued so far durable (the reader calls it after each read)."""
-        with self._cond:
-            self._outbox.commit()
+    def publish_events(self, events: list[tuple[bytes, float]]) -> None:
+        """Queue the events of one read (payload, ``time.time()`` when read), make them
+        durable in one go, and publish what the window allows right here, in the caller's
+        thread: the pump takes over only when the window is full or the broker is away."""
+        delivery = self._delivery
+        with delivery.lock:
+            for payload, received_at in events:
+                delivery.outbox.put(payload, received_at)
+            delivery.outbox.commit()
+            left = self._publish_ready()
+        if left:
+            self._note_backlog()
 
     def publish_result(self, payload: bytes, command: IncomingCommand) -> None:
         with self._cond:
@@ -412,7 +486,26 @@ class MqttLink:
                 self._state.status_due = True
                 self._cond.notify_all()
 
-    # -- the pump: the one thread that publishes ------------------------------------------
+    # -- publishing: under the delivery lock, from the reader thread or the pump ----------
+
+    def _publish_ready(self) -> bool:
+        """Publish queued events while connected and the window has room; True if some
+        are left waiting."""
+        delivery = self._delivery
+        state = self._state  # plain reads: a stale value only delays an event to the pump
+        while state.connected:
+            item = delivery.next_event(state.connection)
+            if item is None:
+                break
+            if not self._publish_pending(item):
+                break
+        return delivery.outbox.queued() > 0
+
+    def _note_backlog(self) -> None:
+        """Events wait: the pump publishes them as acknowledgements free the window."""
+        with self._cond:
+            self._state.backlog = True
+            self._cond.notify_all()
 
     def _pump_loop(self) -> None:
         flushed = time.monotonic()
@@ -421,14 +514,18 @@ class MqttLink:
                 self._cond.wait_for(lambda: self._stopping or self._has_work(), timeout=FLUSH)
                 if self._stopping:
                     return
-                if time.monotonic() - flushed >= FLUSH:
-                    self._outbox.flush()  # acknowledged rows out of the spool, in batches
-                    flushed = time.monotonic()
-                if not self._has_work():
-                    continue
-                job = self._next_job()
+                jobs = self._take_jobs()
             try:
-                self._run_job(job)
+                with self._delivery.lock:
+                    if time.monotonic() - flushed >= FLUSH:
+                        self._delivery.settle()
+                        self._delivery.outbox.flush()  # acknowledged rows out, in batches
+                        flushed = time.monotonic()
+                    for job in jobs:
+                        self._run_job(job)
+                    left = self._publish_ready()
+                with self._cond:
+                    self._state.backlog = left
             except Exception:  # a bug here must not stop event delivery for good
                 log.exception("publishing failed")
                 time.sleep(0.5)
@@ -437,99 +534,72 @@ class MqttLink:
         state = self._state
         if not state.connected:
             return False
-        room = not state.barrier and len(state.inflight) < WINDOW
-        ready = room and self._outbox.queued() > 0
         due = state.rediscover_at is not None and time.monotonic() >= state.rediscover_at
-        return state.announce or state.status_due or due or bool(state.results) or ready
+        waiting = state.backlog and state.kicked
+        return state.announce or state.status_due or due or bool(state.results) or waiting
 
-    def _next_job(self) -> Pending | tuple[str, bytes, Properties | None] | bool | None:
-        """What to publish next: True = meta, status (and discovery), False = status,
-        None = discovery again, else a message."""
+    def _take_jobs(self) -> list[_Job]:
+        """Under ``_cond``: what to publish besides events. True = meta, status (and
+        discovery), False = status, None = discovery again, else a message."""
         state = self._state
+        jobs: list[_Job] = []
         if state.rediscover_at is not None and time.monotonic() >= state.rediscover_at:
             state.rediscover_at = None
-            return None
+            jobs.append(None)
         if state.announce or state.status_due:
-            with_meta = state.announce
+            jobs.append(state.announce)
             state.announce = state.status_due = False
-            return with_meta
-        if state.results:
-            return state.results.popleft()
-        item = self._outbox.take()
-        assert item is not None  # _has_work() saw one queued, under the same lock
-        return item
+        jobs.extend(state.results)
+        state.results.clear()
+        state.kicked = False
+        return jobs
 
-    def _run_job(self, job: Pending | tuple[str, bytes, Properties | None] | bool | None) -> None:
+    def _run_job(self, job: _Job) -> None:
         if job is None:
             self._rediscover()
         elif isinstance(job, bool):
             self._announce(with_meta=job)
-        elif isinstance(job, Pending):
-            self._publish_pending(job)
         else:
             topic, payload, properties = job
-            self._record(self._client.publish(topic, payload, qos=1, properties=properties), None)
+            info = self._client.publish(topic, payload, qos=1, properties=properties)
+            self._delivery.record(info.mid, None)
 
     def _announce(self, with_meta: bool) -> None:
-        with self._cond:
-            up = self._state.reader_up
         retained: list[tuple[str, bytes]] = []
         if with_meta:
             retained.append((self.topics.meta, meta_payload(self._identity)))
+        up = self._state.reader_up
         retained.append((self.topics.status, status_payload(STATE_READY if up else STATE_OFFLINE)))
         if with_meta and self._discovery is not None:
             retained += self._discovery.messages()
-        for topic, payload in retained:
-            self._record(self._client.publish(topic, payload, qos=1, retain=True), None)
+        self._publish_retained(retained)
 
     def _rediscover(self) -> None:
         assert self._discovery is not None
         log.info("Home Assistant is online: announcing discovery again")
-        for topic, payload in self._discovery.messages():
-            self._record(self._client.publish(topic, payload, qos=1, retain=True), None)
+        self._publish_retained(self._discovery.messages())
 
-    def _publish_pending(self, item: Pending) -> None:
+    def _publish_retained(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            info = self._client.publish(topic, payload, qos=1, retain=True)
+            self._delivery.record(info.mid, None)
+
+    def _publish_pending(self, item: Pending) -> bool:
+        """Hand one event to paho; False if it had to be put back (QoS 0, not connected)."""
         properties = None
         if self.is_v5:
-            properties = _properties(PacketTypes.PUBLISH)
             user = [("seq", str(item.seq)), ("received_at", _iso(item.received_at))]
-            with self._cond:
-                late = item.received_at < self._state.connected_since
-            if late:
+            if item.received_at < self._state.connected_since:
                 age_ms = max(0, int((time.time() - item.received_at) * 1000))
                 user += [("late", "true"), ("age_ms", str(age_ms))]
-            properties.UserProperty = user
+            properties = _UserProperties(user)
         qos = self.options.qos
         info = self._client.publish(self.topics.event, item.payload, qos=qos, properties=properties)
         if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            with self._cond:  # QoS 0 is not kept by paho: put it back, in front
-                self._outbox.give_back(item)
-            return
-        self._record(info, item)
-
-    def _record(self, info: paho.MQTTMessageInfo, item: Pending | None) -> None:
-        with self._cond:
-            if info.mid in self._state.early_acks:
-                self._state.early_acks.discard(info.mid)
-                self._count_ack(item, None)
-            else:
-                self._state.inflight[info.mid] = item
-            self._cond.notify_all()
-
-    def _count_ack(self, item: Pending | None, reason: ReasonCode | None) -> None:
-        if item is None:
-            return
-        self._outbox.ack(item.seq)
-        if reason is not None and reason.is_failure:
-            self.counters.rejected += 1
-            log.error(
-                "broker refused event seq %d (%s): check the broker's ACL for %s",
-                item.seq,
-                reason,
-                self.topics.event,
-            )
-        else:
-            self.counters.published += 1
+            self._delivery.outbox.give_back(item)  # paho does not keep QoS 0: back in front
+            return False
+        self._delivery.record(info.mid, item)
+        return True
 
     # -- paho callbacks: record, notify, never block, never raise -------------------------
 
@@ -571,9 +641,9 @@ class MqttLink:
                 state.connected = True
                 state.connected_since = time.time()
                 state.announce = True
-                # paho re-sends what was in flight once this returns; new events wait for it.
-                state.barrier = bool(state.inflight)
-                self.counters.connects += 1
+                state.connection += 1  # Delivery holds new events until paho's re-sends land
+                state.backlog = state.kicked = True  # the outbox may hold events from before
+                self._connects += 1
                 self._cond.notify_all()
             self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
             log.info(
@@ -620,7 +690,7 @@ class MqttLink:
                 return
             self._short_sessions = self._short_sessions + 1 if lasted < SHORT_SESSION else 0
             if reason_code.value == _SESSION_TAKEN_OVER or self._short_sessions >= 3:
-                self.counters.takeovers += 1
+                self._takeovers += 1
                 self._set_reconnect_delay(client, TAKEOVER_DELAY)
                 cause = (
                     "another client connected with our client id and took over the session"
@@ -704,15 +774,12 @@ class MqttLink:
         properties: Properties,
     ) -> None:
         try:
+            self._delivery.acknowledged(mid, str(reason_code) if reason_code.is_failure else None)
             with self._cond:
                 state = self._state
-                if mid in state.inflight:
-                    self._count_ack(state.inflight.pop(mid), reason_code)
-                else:
-                    state.early_acks.add(mid)  # the pump records it in a moment
-                if not state.inflight:
-                    state.barrier = False
-                self._cond.notify_all()
+                state.kicked = True
+                if state.backlog or state.watched:  # else nobody waits: applied lazily
+                    self._cond.notify_all()
         except Exception:
             log.exception("on_publish failed")
 

@@ -1,0 +1,93 @@
+"""Events on their way to the broker: which one goes next, how many are in flight, which
+the broker has acknowledged. No paho here: ``mqtt.MqttLink`` publishes, this decides.
+
+Two rules keep paho 2.2 from deadlocking (PAHO.md 6, paho #226, #346): ``lock`` is held
+around every ``publish()`` together with the bookkeeping of what was published, and is never
+taken inside a paho callback; ``on_publish`` only calls :meth:`Delivery.acknowledged`, which
+appends to a deque (atomic, no lock), and whoever next holds ``lock`` applies it
+(:meth:`Delivery.settle`). So any thread may publish - the reader thread straight after a
+read (no hand-over to another thread on the hot path), the pump when the window was full -
+and the order of events still holds: both take them from the one outbox under ``lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from bridge.outbox import Outbox, Pending
+
+log = logging.getLogger(__name__)
+
+WINDOW = 100
+"""Messages handed to paho at once (in flight, not yet acknowledged)."""
+
+
+class Delivery:
+    """The outbox, the window of messages in flight, and the acknowledgements."""
+
+    def __init__(self, outbox: Outbox, event_topic: str, window: int = WINDOW) -> None:
+        self.outbox = outbox
+        self.window = window
+        self.lock = threading.Lock()
+        self.published = 0  # events the broker acknowledged
+        self.rejected = 0  # events the broker refused (v5 reason code >= 0x80)
+        self._event_topic = event_topic
+        self._acks: deque[tuple[int, str | None]] = deque()
+        self._inflight: dict[int, Pending | None] = {}  # mid -> event (None: not an event)
+        self._connection = 0  # the broker connection the window was last checked against
+        self._barrier = False
+
+    def acknowledged(self, mid: int, refusal: str | None = None) -> None:
+        """paho's ``on_publish`` (any thread, no lock): ``refusal`` is the reason, if any."""
+        self._acks.append((mid, refusal))
+
+    # -- under ``lock`` ------------------------------------------------------------------
+
+    def record(self, mid: int, item: Pending | None) -> None:
+        """``mid`` was just handed to paho (under the same hold of ``lock`` as publish())."""
+        self._inflight[mid] = item
+
+    def settle(self) -> None:
+        """Apply the acknowledgements that arrived since the last call."""
+        while self._acks:
+            mid, refusal = self._acks.popleft()
+            item = self._inflight.pop(mid, None)  # unknown mid: published outside the window
+            if item is None:
+                continue
+            self.outbox.ack(item.seq)
+            if refusal is None:
+                self.published += 1
+                continue
+            self.rejected += 1
+            log.error(
+                "broker refused event seq %d (%s): check the broker's ACL for %s",
+                item.seq,
+                refusal,
+                self._event_topic,
+            )
+
+    def next_event(self, connection: int) -> Pending | None:
+        """The next event to publish on broker connection number ``connection``, or ``None``
+        while the window is full or nothing waits.
+
+        paho re-sends the messages still in flight after a reconnection itself, right after
+        ``on_connect`` returns: new events wait until those are acknowledged (order kept)."""
+        self.settle()
+        if connection != self._connection:
+            self._connection = connection
+            self._barrier = bool(self._inflight)
+        if not self._inflight:
+            self._barrier = False
+        if self._barrier or len(self._inflight) >= self.window:
+            return None
+        return self.outbox.take()
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def unacked(self) -> int:
+        """Events not yet acknowledged (queued or in flight)."""
+        self.settle()
+        return self.outbox.unacked()
