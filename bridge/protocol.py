@@ -47,7 +47,11 @@ _IDLE_SEPARATORS = re.compile(rb"[ \t\r\n\x00]*")
 _IDLE_JUNK = re.compile(rb"[^ \t\r\n\x00{]*")
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
 # A compact object without nesting, strings and all: what the reader sends (PROTOCOL.md 1).
-_FLAT_OBJECT = re.compile(rb'\{(?:[^"{}\[\]\\\x00-\x20]|"(?:[^"\\\x00-\x1f]|\\.)*")*\}')
+# Written as runs with possessive quantifiers (every alternative starts differently, so
+# nothing to backtrack into): four times faster than one alternation per byte.
+_FLAT_OBJECT = re.compile(
+    rb'\{(?:[^"{}\[\]\\\x00-\x20]++|"[^"\\\x00-\x1f]*+(?:\\.[^"\\\x00-\x1f]*+)*+")*+\}'
+)
 _PLAIN_RUN = re.compile(rb'[^ \t\r\n"{}\[\]:,\x00-\x1f]+')  # numbers, true, false, null
 
 
@@ -88,10 +92,13 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)  # one, not one per event
+
+
 def _decode(raw: bytes) -> dict[str, object] | str:
     """The JSON object in ``raw``, or why it is not one (a Skipped reason)."""
     try:
-        decoded = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        decoded = _JSON.decode(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return "invalid UTF-8"
     except ValueError as exc:

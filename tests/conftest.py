@@ -92,15 +92,15 @@ def make_bridge(
     started: list[Bridge] = []
 
     def make(**overrides: object) -> Bridge:
-        settings = load_settings(
-            env_file=None,
-            reader_host="127.0.0.1",
-            reader_port=simulator.port,
-            mqtt_host="127.0.0.1",
-            mqtt_port=broker.port,
-            device_id=device_id,
-            **{"spool_path": str(tmp_path / f"spool-{len(started)}.db"), **overrides},
-        )
+        defaults: dict[str, object] = {
+            "reader_host": "127.0.0.1",
+            "reader_port": simulator.port,
+            "mqtt_host": "127.0.0.1",
+            "mqtt_port": broker.port,
+            "device_id": device_id,
+            "spool_path": str(tmp_path / f"spool-{len(started)}.db"),
+        }
+        settings = load_settings(env_file=None, **{**defaults, **overrides})
         bridge = Bridge(settings)
         bridge.start()
         started.append(bridge)

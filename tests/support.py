@@ -60,7 +60,7 @@ def mosquitto_binary() -> str:
 class Broker:
     """A Mosquitto process of the test's own, killable and restartable on the same port."""
 
-    def __init__(self, workdir: Path, extra_config: str = "") -> None:
+    def __init__(self, workdir: Path, extra_config: str = "", max_inflight: int = 0) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config = workdir / "mosquitto.conf"
@@ -70,7 +70,7 @@ class Broker:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_queued_messages 0\n"  # PAHO.md 12: the default 1000 loses messages in tests
-            "max_inflight_messages 0\n"
+            f"max_inflight_messages {max_inflight}\n"  # 0: none; Mosquitto's default is 20
             "set_tcp_nodelay true\n"
             f"{extra_config}"
         )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.delivery import Delivery
-from bridge.mqtt import _UserProperties
+from bridge.mqtt import _iso, _UserProperties
 from bridge.outbox import MemoryOutbox, Pending
 
 FIRST = 1  # the broker connection number the tests publish on
@@ -19,8 +20,7 @@ FIRST = 1  # the broker connection number the tests publish on
 
 def make_delivery(events: int, window: int = 3) -> Delivery:
     delivery = Delivery(MemoryOutbox(10_000, 3600.0), "t/evt", window=window)
-    for n in range(events):
-        delivery.outbox.put(b'{"n":%d}' % n, 0.0)
+    delivery.outbox.put_many([(b'{"n":%d}' % n, 0.0) for n in range(events)])
     return delivery
 
 
@@ -49,8 +49,7 @@ def test_window_caps_events_in_flight_until_acknowledged():
 def test_events_in_flight_at_reconnection_hold_new_events_back():
     delivery = make_delivery(2, window=10)
     sent = publish(delivery)  # both in flight when connection 1 drops
-    for n in (2, 3):
-        delivery.outbox.put(b'{"n":%d}' % n, 0.0)
+    delivery.outbox.put_many([(b'{"n":2}', 0.0), (b'{"n":3}', 0.0)])
     assert publish(delivery, connection=2) == []  # paho re-sends the two first
     delivery.acknowledged(sent[0][0])
     assert publish(delivery, connection=2) == []  # one still in flight
@@ -118,3 +117,10 @@ def test_user_properties_read_back_by_paho():
     decoded = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     decoded.unpack(_UserProperties(user).pack())  # type: ignore[no-untyped-call]
     assert decoded.UserProperty == user  # type: ignore[attr-defined]
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_received_at_formatted_like_datetime(timestamp: float):
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    expected = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert _iso(timestamp) == expected

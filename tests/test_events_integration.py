@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,9 +16,10 @@ import pytest
 from bridge import __version__
 from bridge.app import Bridge
 from bridge.simulator import SEPARATORS, Simulator
+from tests.support import Broker, Subscriber, wait_until
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
-    from tests.support import Received, Subscriber
+    from tests.support import Received
 
 pytestmark = pytest.mark.integration
 
@@ -368,3 +370,34 @@ def test_meta_leaves_out_what_is_not_configured(
     assert isinstance(fields, dict)
     assert fields["VendorName"] == "SpringCard"
     assert not {"SerialNumber", "ProductName", "Location"} & set(fields)
+
+
+def test_burst_through_a_broker_with_default_flow_control(
+    make_bridge: MakeBridge, simulator: Simulator, tmp_path: Path
+):
+    """With Mosquitto's default flow control (max_inflight_messages 20, announced as its
+    Receive Maximum) and the bridge's window of 100, a burst arrives whole, in order, and
+    the broker neither refuses nor complains (Mosquitto 2.0 enforces the quota for QoS 2
+    only, but logs a client that exceeds it)."""
+    workdir = tmp_path / "default-broker"
+    workdir.mkdir()
+    strict = Broker(workdir, max_inflight=20).start()
+    sub: Subscriber | None = None
+    try:
+        bridge = make_bridge(mqtt_port=strict.port)
+        sub = Subscriber(strict.port, bridge.topics.event)
+        assert simulator.wait_client()
+        assert bridge.mqtt.wait_connected(10)
+        count = 2000
+        for index in range(count):
+            simulator.emit(simulator.factory.make("nfc", tag_id=f"04{index:012X}"))
+        received = sub.take(count, bridge.topics.event, timeout=60)
+        tags = [json.loads(message.payload)["TagId"] for message in received]
+        assert tags == [f"04{index:012X}" for index in range(count)]
+        wait_until(lambda: bridge.mqtt.backlog == 0, "every acknowledgement")
+        assert bridge.mqtt.counters.rejected == 0
+        assert "quota" not in strict.log.read_text()
+    finally:
+        if sub is not None:
+            sub.close()
+        strict.stop()
