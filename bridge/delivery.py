@@ -43,6 +43,10 @@ class Delivery:
         """paho's ``on_publish`` (any thread, no lock): ``refusal`` is the reason, if any."""
         self._acks.append((mid, refusal))
 
+    def waiting_acks(self) -> int:
+        """Acknowledgements not applied yet (any thread, no lock: a moment's count)."""
+        return len(self._acks)
+
     # -- under ``lock`` ------------------------------------------------------------------
 
     def record(self, mid: int, item: Pending | None) -> None:

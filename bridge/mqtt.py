@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 FLUSH = 0.5
 """Seconds between two deletions of acknowledged events from the spool."""
+ACK_BATCH = 10
+"""Acknowledgements that wake the pump when events wait for room in the window."""
+STRAGGLER = 0.005
+"""Seconds the pump waits for a batch of acknowledgements before it looks anyway."""
 RECONNECT_MAX = 30
 TAKEOVER_DELAY = 60
 """Seconds to wait after another client took our client id, so the two do not evict each
@@ -112,7 +116,6 @@ class _Shared:
     reader_up: bool = False
     results: deque[_Message] = field(default_factory=deque)
     backlog: bool = False  # events wait in the outbox for room in the window
-    kicked: bool = False  # an acknowledgement or a connection came since the pump last looked
     watched: bool = False  # stop() waits for acknowledgements
 
 
@@ -526,7 +529,7 @@ class MqttLink:
         flushed = time.monotonic()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._has_work(), timeout=FLUSH)
+                self._wait_for_work()
                 if self._stopping:
                     return
                 jobs = self._take_jobs()
@@ -548,13 +551,31 @@ class MqttLink:
                 log.exception("publishing failed")
                 time.sleep(0.5)
 
+    def _wait_for_work(self) -> None:
+        """Under ``_cond``. Events that wait for room in the window go out in batches as
+        acknowledgements come - one wake-up per ACK_BATCH of them, not one per PUBACK, or
+        after STRAGGLER s for the last few; anything else as soon as it is due."""
+        state = self._state
+        if state.connected and state.backlog:
+            self._cond.wait_for(
+                lambda: self._stopping or self._has_work() or self._acks_batched(),
+                timeout=STRAGGLER,
+            )
+        else:
+            self._cond.wait_for(
+                lambda: self._stopping or self._has_work() or (state.connected and state.backlog),
+                timeout=FLUSH,
+            )
+
+    def _acks_batched(self) -> bool:
+        return self._delivery.waiting_acks() >= ACK_BATCH
+
     def _has_work(self) -> bool:
         state = self._state
         if not state.connected:
             return False
         due = state.rediscover_at is not None and time.monotonic() >= state.rediscover_at
-        waiting = state.backlog and state.kicked
-        return state.announce or state.status_due or due or bool(state.results) or waiting
+        return state.announce or state.status_due or due or bool(state.results)
 
     def _take_jobs(self) -> list[_Job]:
         """Under ``_cond``: what to publish besides events. True = meta, status (and
@@ -569,7 +590,6 @@ class MqttLink:
             state.announce = state.status_due = False
         jobs.extend(state.results)
         state.results.clear()
-        state.kicked = False
         return jobs
 
     def _run_job(self, job: _Job) -> None:
@@ -660,7 +680,7 @@ class MqttLink:
                 state.connected_since = time.time()
                 state.announce = True
                 state.connection += 1  # Delivery holds new events until paho's re-sends land
-                state.backlog = state.kicked = True  # the outbox may hold events from before
+                state.backlog = True  # the outbox may hold events from before
                 self._connects += 1
                 self._cond.notify_all()
             self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
@@ -793,10 +813,9 @@ class MqttLink:
     ) -> None:
         try:
             self._delivery.acknowledged(mid, str(reason_code) if reason_code.is_failure else None)
-            with self._cond:
-                state = self._state
-                state.kicked = True
-                if state.backlog or state.watched:  # else nobody waits: applied lazily
+            state = self._state  # plain reads: a missed wake-up costs STRAGGLER s at most
+            if state.watched or (state.backlog and self._acks_batched()):
+                with self._cond:  # else nobody waits: applied by the next publisher
                     self._cond.notify_all()
         except Exception:
             log.exception("on_publish failed")
