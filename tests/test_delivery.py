@@ -12,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.delivery import Delivery
-from bridge.mqtt import _iso, _UserProperties
+from bridge.mqtt.client import UserProperties, iso_time
 from bridge.outbox import MemoryOutbox, Pending
 
 FIRST = 1  # the broker connection number the tests publish on
@@ -109,13 +109,13 @@ pairs = st.lists(st.tuples(st.text(max_size=40), st.text(max_size=300)), min_siz
 def test_user_properties_pack_like_paho(user: list[tuple[str, str]]):
     reference = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     reference.UserProperty = user
-    assert _UserProperties(user).pack() == reference.pack()  # type: ignore[no-untyped-call]
+    assert UserProperties(user).pack() == reference.pack()  # type: ignore[no-untyped-call]
 
 
 def test_user_properties_read_back_by_paho():
     user = [("seq", "1764673212345678"), ("received_at", "2026-12-02T11:00:00.123Z")]
     decoded = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    decoded.unpack(_UserProperties(user).pack())  # type: ignore[no-untyped-call]
+    decoded.unpack(UserProperties(user).pack())  # type: ignore[no-untyped-call]
     assert decoded.UserProperty == user  # type: ignore[attr-defined]
 
 
@@ -123,4 +123,4 @@ def test_user_properties_read_back_by_paho():
 def test_received_at_formatted_like_datetime(timestamp: float):
     moment = datetime.fromtimestamp(timestamp, UTC)
     expected = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    assert _iso(timestamp) == expected
+    assert iso_time(timestamp) == expected

@@ -1,4 +1,4 @@
-"""The only owner of the paho-mqtt client: connection, publishing, the command topic.
+"""The bridge's MQTT link: connection, publishing, the command topic; sole owner of its client.
 
 paho facts this module is built around (PAHO.md):
 
@@ -23,12 +23,9 @@ is away and deliver them late (a late "accept" opens a door).
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import random
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -36,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -45,6 +42,16 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.config import MqttOptions
 from bridge.delivery import Delivery
 from bridge.discovery import Discovery
+from bridge.mqtt.client import (
+    CONNACK_HINTS,
+    Client,
+    UserProperties,
+    describe_connect_error,
+    is_topic_name,
+    iso_time,
+    new_client,
+    new_properties,
+)
 from bridge.outbox import Outbox, Pending
 from bridge.topics import (
     STATE_DEAD,
@@ -70,15 +77,6 @@ TAKEOVER_DELAY = 60
 other in a tight loop (each connection with an id closes the older one, MQTT 3.1.4-3)."""
 SHORT_SESSION = 2.0
 _SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
-_CONNACK_HINTS = {
-    132: "the broker does not speak MQTT 5: set BRIDGE_MQTT_PROTOCOL=3.1.1",
-    133: "the broker refused the client id: set BRIDGE_MQTT_CLIENT_ID",
-    134: "wrong user name or password: check BRIDGE_MQTT_USERNAME and "
-    "BRIDGE_MQTT_PASSWORD (or BRIDGE_MQTT_PASSWORD_FILE)",
-    # Mosquitto answers a wrong password with this one, on 3.1.1 and on 5.
-    135: "not authorised: check BRIDGE_MQTT_USERNAME and BRIDGE_MQTT_PASSWORD "
-    "(or BRIDGE_MQTT_PASSWORD_FILE), and the broker's ACL",
-}
 
 
 @dataclass(frozen=True)
@@ -119,198 +117,6 @@ class _Shared:
     watched: bool = False  # stop() waits for acknowledgements
 
 
-class _Client(paho.Client):
-    """paho's client, remembering why the last connection attempt failed (for the log)."""
-
-    last_error: BaseException | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_error = exc
-            raise
-
-    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        """paho 2.2's, but closing the socket when the handshake fails (paho leaves it open,
-        leaking one socket per failed attempt until garbage collection)."""
-        assert self._ssl_context is not None
-        sock = self._ssl_context.wrap_socket(
-            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
-        )
-        try:
-            sock.settimeout(self._connect_timeout)
-            sock.do_handshake()
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-
-class _UserProperties(Properties):
-    """MQTT v5 PUBLISH properties with only User Property pairs, packed once.
-
-    paho's own ``Properties`` took ~70 us per event to build and pack (issue 5 profile),
-    more than the rest of the bridge's per-event work; this takes ~7 us. paho calls only
-    ``pack()`` on it (again when it re-sends after a reconnection) and ``str()`` for its
-    debug log (paho 2.2, ``Client._send_publish``)."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:  # not paho's: nothing else set
-        self.pairs = pairs
-        body = b"".join(b"\x26" + _utf8_pair(name) + _utf8_pair(value) for name, value in pairs)
-        self._packed = _varint(len(body)) + body
-
-    def __setattr__(self, name: str, value: object) -> None:
-        object.__setattr__(self, name, value)  # paho's checks need what __init__ skipped
-
-    def pack(self) -> bytes:
-        return self._packed
-
-    def __str__(self) -> str:
-        return f"[UserProperty : {self.pairs}]"
-
-
-def _utf8_pair(text: str) -> bytes:
-    """An MQTT UTF-8 string: two bytes of length, then the bytes (MQTT 5 §1.5.4)."""
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _varint(value: int) -> bytes:
-    """An MQTT variable byte integer (MQTT 5 §1.5.5)."""
-    out = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
-
-
-def _is_topic_name(topic: str) -> bool:
-    """A topic a PUBLISH may go to: no wildcards, no NUL, not empty, not too long."""
-    return 0 < len(topic.encode()) <= 65535 and not any(c in topic for c in "+#\x00")
-
-
-def _iso(timestamp: float) -> str:
-    """``2026-12-02T11:00:00.123Z``: what ``datetime.fromtimestamp(timestamp, UTC)
-    .isoformat(timespec="milliseconds")`` gives, in a quarter of the time (once per event)."""
-    fraction, whole = math.modf(timestamp)
-    micros = round(fraction * 1_000_000)  # datetime's own rounding
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    return f"{_iso_second(int(whole))}.{micros // 1000:03d}Z"
-
-
-@functools.lru_cache(maxsize=4)
-def _iso_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def describe_connect_error(exc: BaseException | None, tls: bool = False) -> str:
-    """Why a TCP or TLS connection attempt failed, naming the setting to look at."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
-            return (
-                f"the broker's TLS certificate does not match ({exc.verify_message}): "
-                "set BRIDGE_MQTT_HOST to a name the certificate lists"
-            )
-        return (
-            f"the broker's TLS certificate is not trusted ({exc.verify_message}): "
-            "set BRIDGE_MQTT_CA_FILE to the CA certificate that signed it"
-        )
-    closed = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)
-    if tls and isinstance(exc, closed):
-        return (
-            "the broker closed the connection during the TLS handshake: is BRIDGE_MQTT_PORT "
-            "a TLS port? (or turn BRIDGE_MQTT_TLS off for a plain one)"
-        )
-    if isinstance(exc, ssl.SSLError):
-        return (
-            f"TLS handshake failed ({exc.reason}): check that BRIDGE_MQTT_PORT is a TLS port, "
-            "and BRIDGE_MQTT_CERT_FILE / BRIDGE_MQTT_KEY_FILE if it wants a client certificate"
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused: is the broker running and BRIDGE_MQTT_PORT right?"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name ({exc.strerror}): check BRIDGE_MQTT_HOST"
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}"
-    return "unknown error"
-
-
-def new_client(options: MqttOptions, client_id: str | None = None) -> _Client:
-    """A paho client with the protocol, credentials and TLS of ``options`` (no callbacks)."""
-    v5 = options.protocol == "5"
-    client = _Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id or options.client_id,
-        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        clean_session=None if v5 else True,
-    )
-    client.suppress_exceptions = True
-    if options.username is not None:
-        password = options.password.get_secret_value() if options.password else None
-        client.username_pw_set(options.username, password)
-    if options.tls:
-        client.tls_set(
-            ca_certs=str(options.ca_file) if options.ca_file else None,
-            certfile=str(options.cert_file) if options.cert_file else None,
-            keyfile=str(options.key_file) if options.key_file else None,
-            cert_reqs=ssl.CERT_NONE if options.tls_insecure else ssl.CERT_REQUIRED,
-        )
-        if options.tls_insecure:
-            client.tls_insecure_set(True)
-            log.warning("BRIDGE_MQTT_TLS_INSECURE is on: the broker's certificate is NOT checked")
-    return client
-
-
-def publish_once(
-    options: MqttOptions, messages: list[tuple[str, bytes]], timeout: float = 10.0
-) -> str | None:
-    """Connect once, publish ``messages`` retained at QoS 1, wait for every acknowledgement.
-
-    For one-shot tools (``ha-remove``, ``check``): returns ``None`` on success, else why it
-    failed. Uses its own client id, so it never evicts a running bridge.
-    """
-    client = new_client(options, f"{options.client_id}-tool")
-    connected = threading.Event()
-    acked: set[int] = set()
-    refused: list[str] = []
-
-    def on_connect(*args: object) -> None:
-        reason = args[3]
-        if isinstance(reason, ReasonCode) and reason.is_failure:
-            refused.append(_CONNACK_HINTS.get(reason.value, str(reason)))
-        connected.set()
-
-    client.on_connect = on_connect
-    client.on_publish = lambda _c, _u, mid, *rest: acked.add(mid)
-    try:
-        client.connect(options.host, options.port, keepalive=30)
-    except OSError as exc:
-        return describe_connect_error(exc, options.tls)
-    client.loop_start()
-    try:
-        if not connected.wait(timeout):
-            return f"no answer from the broker within {timeout:g} s"
-        if refused:
-            return refused[0]
-        mids = [client.publish(t, p, qos=1, retain=True).mid for t, p in messages]
-        deadline = time.monotonic() + timeout
-        while not acked.issuperset(mids):
-            if time.monotonic() > deadline:
-                return f"the broker did not acknowledge within {timeout:g} s"
-            time.sleep(0.01)
-        return None
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 class MqttLink:
     """Publishes events, status, meta and results; hands command payloads to ``on_command``."""
 
@@ -346,7 +152,7 @@ class MqttLink:
 
     # -- construction --------------------------------------------------------------------
 
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> Client:
         client = new_client(self.options)
         # Delivery keeps the window (WINDOW events in flight); paho's own limit would only
         # add a scan of every message in flight after each PUBACK (Client._update_inflight,
@@ -373,7 +179,7 @@ class MqttLink:
     def start(self) -> None:
         properties = None
         if self.is_v5:
-            properties = _properties(PacketTypes.CONNECT)
+            properties = new_properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = 0  # clean: no commands kept for us while away
         self._client.connect_async(
             self.options.host,
@@ -489,7 +295,7 @@ class MqttLink:
         with self._cond:
             self._state.results.append((self.topics.result, payload, None))
             if command.response_topic and self.is_v5:
-                properties = _properties(PacketTypes.PUBLISH)
+                properties = new_properties(PacketTypes.PUBLISH)
                 if command.correlation is not None:
                     properties.CorrelationData = command.correlation
                 self._state.results.append((command.response_topic, payload, properties))
@@ -626,11 +432,11 @@ class MqttLink:
         """Hand one event to paho; False if it had to be put back (QoS 0, not connected)."""
         properties = None
         if self.is_v5:
-            user = [("seq", str(item.seq)), ("received_at", _iso(item.received_at))]
+            user = [("seq", str(item.seq)), ("received_at", iso_time(item.received_at))]
             if item.received_at < self._state.connected_since:
                 age_ms = max(0, int((time.time() - item.received_at) * 1000))
                 user += [("late", "true"), ("age_ms", str(age_ms))]
-            properties = _UserProperties(user)
+            properties = UserProperties(user)
         qos = self.options.qos
         info = self._client.publish(self.topics.event, item.payload, qos=qos, properties=properties)
         if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -651,7 +457,7 @@ class MqttLink:
     ) -> None:
         try:
             if reason_code.is_failure:
-                hint = _CONNACK_HINTS.get(reason_code.value, "see the broker's log")
+                hint = CONNACK_HINTS.get(reason_code.value, "see the broker's log")
                 if reason_code.value in (134, 135) and self.options.username is None:
                     hint = (
                         "the broker wants credentials and none are set: set BRIDGE_MQTT_USERNAME "
@@ -779,7 +585,7 @@ class MqttLink:
                 return
             properties = getattr(message, "properties", None)
             response = getattr(properties, "ResponseTopic", None)
-            if isinstance(response, str) and not _is_topic_name(response):
+            if isinstance(response, str) and not is_topic_name(response):
                 log.warning("ignoring response topic %r: not a topic one can publish to", response)
                 response = None
             correlation = getattr(properties, "CorrelationData", None)
