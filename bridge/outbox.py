@@ -293,6 +293,7 @@ class SpoolOutbox(_Bounds):
             return
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA cache_size=-256")  # KiB: it only copies pages
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
