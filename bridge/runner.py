@@ -8,16 +8,18 @@ and replaces itself (:func:`exec_runner`, ``os.execv``) with ``python -m bridge.
 Why (issue 5: "RSS under 40 MB"): the settings are read once, but what pydantic-settings imports
 stays resident, and Python can neither unload modules nor hand their memory back. Measured
 right after import in a fresh interpreter (VmRSS, this 2-core x86-64 VM, Python 3.11): Python
-alone 10.9 MB, ``import paho.mqtt.client`` 21.8, ``import pydantic_settings`` 34.5 (~300
+alone 10.9 MB, ``import paho.mqtt.client`` 21.8, ``import pydantic_settings`` 34.4 (~230
 modules, asyncio among them, and pydantic_core's shared object), ``import prometheus_client``
-23.4, ``import bridge.app`` 41.5 before this module existed and 25.8 after. An idle ``run``
+23.4, ``import bridge.app`` 41.5 before this module existed and 25.9 after. An idle ``run``
 connected to a broker and a reader held 42.0 MB in one process; after the exec it holds
 26.5 MB (27.5 with the health listener).
 
 The secret travels only through the pipe, never in argv (every user can read
 /proc/PID/cmdline) nor in an added environment variable. ``exec`` keeps the PID, so Docker's
 SIGTERM reaches the bridge; it also keeps the signal mask and pending signals, so a SIGTERM
-that arrives during the hand-over stays pending and still means a clean stop.
+that arrives during the hand-over stays pending and still means a clean stop. ``run
+--simulate``, a demo with its simulated reader in the same process, calls :func:`serve` there
+without the exec.
 """
 
 from __future__ import annotations

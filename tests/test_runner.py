@@ -210,3 +210,37 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
     output = log.read_text()
     assert "Traceback" not in output
     assert password not in output
+
+
+@pytest.mark.integration
+def test_run_simulate_bridges_its_own_reader_in_one_process_and_stops_on_sigterm(
+    broker: Broker, subscribe: Callable[..., Subscriber], device_id: str, tmp_path: Path
+):
+    base = f"springcard/springcore/{device_id}"
+    sub = subscribe(f"{base}/#")
+    env = bridge_env(mqtt_host="127.0.0.1", mqtt_port=str(broker.port))
+    log = tmp_path / "demo.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            bridge_command("run", "--simulate", "--device-id", device_id),
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+    try:
+        sub.wait_for(lambda m: m.topic == f"{base}/status" and m.json() == READY, timeout=15)
+        event = sub.next(topic=f"{base}/rdr/evt", timeout=10)  # the demo reads every 3 s
+        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert isinstance(event.json(), dict)
+    assert b"bridge.runner" not in argv  # the demo keeps its simulator: no exec
+    assert status == 0, log.read_text()
+    assert sub.next(topic=f"{base}/status").json() == OFFLINE
+    assert "Traceback" not in log.read_text()
