@@ -10,9 +10,9 @@ stays resident, and Python can neither unload modules nor hand their memory back
 right after import in a fresh interpreter (VmRSS, this 2-core x86-64 VM, Python 3.11): Python
 alone 10.9 MB, ``import paho.mqtt.client`` 21.8, ``import pydantic_settings`` 34.4 (~230
 modules, asyncio among them, and pydantic_core's shared object), ``import prometheus_client``
-23.4, ``import bridge.app`` 41.5 before this module existed and 25.9 after. An idle ``run``
-connected to a broker and a reader held 42.0 MB in one process; after the exec it holds
-26.5 MB (27.5 with the health listener).
+23.4, ``import bridge.app`` 41.5 before this module existed and 26.4 after. An idle ``run``
+connected to a broker and a reader (5 s after an event) held 42.0 MB in one process; after the
+exec it holds 27.0 MB (27.9 with the health listener).
 
 The secret travels only through the pipe, never in argv (every user can read
 /proc/PID/cmdline) nor in an added environment variable. ``exec`` keeps the PID, so Docker's
