@@ -26,7 +26,7 @@ from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
 from bridge.protocol import Frame, Skipped
 from bridge.reader import CommandNotSentError, ReaderLink
 
-if TYPE_CHECKING:  # imported when the listener starts: prometheus_client costs ~12 MB of RSS
+if TYPE_CHECKING:  # imported when the listener starts: prometheus_client adds ~1 MB of RSS
     from bridge.health import HealthServer, Snapshot
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,8 @@ class HasBridgeOptions(Protocol):
 class Bridge:
     """One reader, one broker. ``start()``, then ``stop()`` (from any thread).
 
-    Takes checked options, or settings to check (tests and ``run --simulate`` pass
-    ``Settings``; a bad one raises :class:`ConfigError` here, before anything starts).
+    Takes checked options, or settings to check (the tests pass ``Settings``; a bad one
+    raises :class:`ConfigError` here, before anything starts).
     """
 
     def __init__(self, options: BridgeOptions | HasBridgeOptions) -> None:
