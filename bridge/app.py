@@ -4,6 +4,9 @@ Threads: the reader link reads (``reader``), the command worker writes commands 
 paho runs its network loop and the MQTT link its publishing pump. They hand data across
 with queues; none of them blocks another. When BRIDGE_HTTP_PORT is set, the health listener
 (``bridge.health``) reads their state from yet another thread.
+
+Nothing here imports pydantic (the bridge gets checked :class:`BridgeOptions`) nor, unless the
+health listener is on, prometheus_client: the long-running process stays small (``bridge.runner``).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import queue
 import sqlite3
 import threading
 import time
+from typing import TYPE_CHECKING, Protocol
 
 from bridge.commands import CommandError, RateLimit, parse_command
-from bridge.config import CommandOptions, ConfigError, OutboxOptions, Settings
-from bridge.health import HealthServer, Snapshot
 from bridge.mqtt import IncomingCommand, MqttLink
+from bridge.options import BridgeOptions, CommandOptions, ConfigError, OutboxOptions
 from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
 from bridge.protocol import Frame, Skipped
 from bridge.reader import CommandNotSentError, ReaderLink
+
+if TYPE_CHECKING:  # imported when the listener starts: prometheus_client adds ~1 MB of RSS
+    from bridge.health import HealthServer, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -143,36 +149,51 @@ def open_outbox(options: OutboxOptions) -> Outbox:
         ) from None
 
 
-class Bridge:
-    """One reader, one broker. ``start()``, then ``stop()`` (from any thread)."""
+class HasBridgeOptions(Protocol):
+    """What builds :class:`BridgeOptions`: ``bridge.config.Settings``, typed without pydantic."""
 
-    def __init__(self, settings: Settings) -> None:
-        settings.check_run()
-        self.topics = settings.topics()
+    def bridge_options(self) -> BridgeOptions: ...
+
+
+class Bridge:
+    """One reader, one broker. ``start()``, then ``stop()`` (from any thread).
+
+    Takes checked options, or settings to check (the tests pass ``Settings``; a bad one
+    raises :class:`ConfigError` here, before anything starts).
+    """
+
+    def __init__(self, options: BridgeOptions | HasBridgeOptions) -> None:
+        if not isinstance(options, BridgeOptions):
+            options = options.bridge_options()
+        self.options = options
+        self.topics = options.topics
         self._batch: list[tuple[bytes, float]] = []  # the events of the current read
         self.reader = ReaderLink(
-            settings.reader(),
+            options.reader,
             self._on_frame,
             self._on_skipped,
             self._on_reader_state,
             on_batch=self._on_read,
         )
-        self.outbox = open_outbox(settings.outbox())
+        self.outbox = open_outbox(options.outbox)
         self.mqtt = MqttLink(
-            settings.mqtt(),
+            options.mqtt,
             self.topics,
-            settings.identity(),
+            options.identity,
             self._on_command,
             outbox=self.outbox,
-            discovery=settings.discovery(),
+            discovery=options.discovery,
         )
-        self.commands = CommandWorker(settings.commands(), self.reader, self.mqtt)
+        self.commands = CommandWorker(options.commands, self.reader, self.mqtt)
         self._threads = [
             threading.Thread(target=self.reader.run, name="reader", daemon=True),
             threading.Thread(target=self.commands.run, name="commands", daemon=True),
         ]
-        http = settings.http()
-        self.http = HealthServer(http, self) if http is not None else None
+        self.http: HealthServer | None = None
+        if options.http is not None:
+            from bridge.health import HealthServer  # noqa: PLC0415 - see the TYPE_CHECKING import
+
+            self.http = HealthServer(options.http, self)
 
     def start(self) -> None:
         if self.http is not None:
@@ -212,6 +233,8 @@ class Bridge:
 
     def snapshot(self) -> Snapshot:
         """The counters the parts keep anyway, and the link states, read now."""
+        from bridge.health import Snapshot  # noqa: PLC0415 - loaded already by its only caller
+
         reader, mqtt = self.reader.counters, self.mqtt.counters
         backlog = self.mqtt.backlog
         last = reader.last_frame_at

@@ -3,23 +3,29 @@
 
 Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passed check, 1 for a failed check,
 2 for bad settings or usage.
+
+``run`` checks the settings here, then hands them to ``bridge.runner`` in a fresh interpreter
+(same PID), which runs the bridge without pydantic's memory (the runner's docstring says why).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from bridge import __version__, logs
 from bridge.config import ConfigError, Settings, load_run_settings, load_settings
+from bridge.runner import (
+    exec_runner,
+    hold_stop_signals,
+    print_problems,
+    serve,
+    wait_stop_signal,
+)
 from bridge.simulator import PROFILES, SEPARATORS, Simulator
-
-log = logging.getLogger("bridge")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,24 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def _hold_stop_signals() -> None:
-    """Block SIGTERM/SIGINT before any thread starts (threads inherit the mask).
-
-    They then stay pending until :func:`_wait_stop_signal` takes them with ``sigwait``: no
-    handler runs in the middle of other code, so none can deadlock on a lock it interrupted,
-    and a signal that arrives during start-up still means a clean stop.
-    """
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-
-def _wait_stop_signal() -> None:
-    signum = signal.sigwait(STOP_SIGNALS)
-    log.info("received %s, stopping", signal.Signals(signum).name)
-
-
 def _settings(
     args: argparse.Namespace, extra: dict[str, object] | None = None, *, for_run: bool = True
 ) -> Settings:
@@ -113,21 +101,25 @@ def _settings(
 
 
 def run_bridge(args: argparse.Namespace) -> int:
-    from bridge.app import Bridge  # noqa: PLC0415 - paho is imported only for the bridge itself
+    """Check the settings here (exit 2 if bad), then become ``bridge.runner``: same PID."""
+    # Blocked before anything starts; the mask and a pending signal survive the exec, so the
+    # runner's sigwait still takes a SIGTERM sent in between.
+    hold_stop_signals()
+    if not args.simulate:
+        exec_runner(_settings(args).bridge_options())  # does not return
+    return _run_demo(args)
 
-    _hold_stop_signals()
-    simulator = _start_demo_reader(args) if args.simulate else None
+
+def _run_demo(args: argparse.Namespace) -> int:
+    """``run --simulate``: a simulated reader and the bridge, both in this process.
+
+    No exec to ``bridge.runner`` here: the simulator must live in this process, and a demo's
+    memory does not matter.
+    """
+    simulator = _start_demo_reader(args)
     try:
-        extra = {} if simulator is None else _demo_overrides(args, simulator)
-        bridge = Bridge(_settings(args, extra))
-    except ConfigError:
-        if simulator is not None:
-            simulator.stop()
-        raise
-    bridge.start()
-    _wait_stop_signal()
-    bridge.stop()
-    if simulator is not None:
+        serve(_settings(args, _demo_overrides(args, simulator)).bridge_options())
+    finally:
         simulator.stop()
     return 0
 
@@ -202,7 +194,7 @@ def _demo_overrides(args: argparse.Namespace, simulator: Simulator) -> dict[str,
 
 
 def run_simulator(args: argparse.Namespace) -> int:
-    _hold_stop_signals()
+    hold_stop_signals()
     logs.configure(args.log_level.upper(), "text")
     profiles = PROFILES if args.profile == "mixed" else (args.profile,)
     simulator = Simulator(args.host, args.port, SEPARATORS[args.separator], busy=args.busy)
@@ -216,7 +208,7 @@ def run_simulator(args: argparse.Namespace) -> int:
         "type Enter (or nfc/ble/uhf, insert, remove, drop, or a JSON object) to send an event",
         file=sys.stderr,
     )
-    _wait_stop_signal()
+    wait_stop_signal()
     simulator.stop()
     return 0
 
@@ -257,6 +249,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_health(args)
         return run_bridge(args)
     except ConfigError as exc:
-        for line in exc.lines:
-            print(f"springcore-bridge: {line}", file=sys.stderr)
+        print_problems(exc)
         return 2

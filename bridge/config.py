@@ -1,6 +1,7 @@
 """Settings from the environment, a ``.env`` file and command-line flags (SPEC.md §6).
 
-Each layer gets only its own group (:class:`ReaderOptions`, :class:`MqttOptions`, ...).
+Each layer gets only its own group (:class:`ReaderOptions`, :class:`MqttOptions`, ..., defined
+in ``bridge.options`` without pydantic); ``run`` gets them all as one :class:`BridgeOptions`.
 A bad value becomes :class:`ConfigError` whose lines each name the variable, the value and
 what is expected; secrets are never echoed.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,40 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.commands import FIELDS
 from bridge.discovery import Discovery
+from bridge.options import (
+    BridgeOptions,
+    CommandOptions,
+    ConfigError,
+    HttpOptions,
+    LogFormat,
+    LogLevel,
+    MqttOptions,
+    OutboxOptions,
+    ReaderOptions,
+    Secret,
+)
 from bridge.topics import Identity, Topics
+
+# The option values live in bridge.options, which the runner loads without pydantic; they are
+# re-exported here, where callers have always imported them from.
+__all__ = [
+    "DELIMITER_BYTES",
+    "ENV_PREFIX",
+    "BridgeOptions",
+    "CommandOptions",
+    "ConfigError",
+    "HttpOptions",
+    "MqttOptions",
+    "OutboxOptions",
+    "ReaderOptions",
+    "RunSettings",
+    "Secret",
+    "Settings",
+    "default_state_dir",
+    "env_names",
+    "load_run_settings",
+    "load_settings",
+]
 
 ENV_PREFIX = "BRIDGE_"
 SECRET_FIELDS = frozenset({"mqtt_password"})
@@ -28,65 +61,6 @@ _DEVICE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 Delimiter = Literal["none", "lf", "crlf", "nul"]
 DELIMITER_BYTES: dict[str, bytes] = {"none": b"", "lf": b"\n", "crlf": b"\r\n", "nul": b"\x00"}
-
-
-class ConfigError(Exception):
-    """Bad settings; ``lines`` holds one human-readable line per problem."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
-@dataclass(frozen=True)
-class ReaderOptions:
-    host: str
-    port: int
-    connect_timeout: float
-    keepalive: float
-    backoff_max: float
-    max_object: int
-    device_id: str = ""  # only to label log lines
-
-
-@dataclass(frozen=True)
-class CommandOptions:
-    timeout: float
-    gap: float
-    delimiter: bytes
-    allowed_fields: frozenset[str]
-    rate: float
-    burst: int
-
-
-@dataclass(frozen=True)
-class MqttOptions:
-    host: str
-    port: int
-    client_id: str
-    username: str | None
-    password: SecretStr | None
-    protocol: Literal["5", "3.1.1"]
-    keepalive: int
-    qos: Literal[0, 1, 2]
-    tls: bool
-    ca_file: Path | None
-    cert_file: Path | None
-    key_file: Path | None
-    tls_insecure: bool
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
-class OutboxOptions:
-    spool_path: Path | None  # None: held in memory only
-    max_events: int
-    max_age: float
 
 
 class Settings(BaseSettings):
@@ -143,8 +117,8 @@ class Settings(BaseSettings):
     http_port: int | None = Field(None, ge=1, le=65535, description="health and metrics")
     http_host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "text"
 
     @field_validator("log_level", "log_format", "command_delimiter", mode="before")
     @classmethod
@@ -275,9 +249,11 @@ class Settings(BaseSettings):
             path = Path(self.spool_path)
         return OutboxOptions(path, self.outbox_size, self.outbox_max_age)
 
-    def _password(self) -> SecretStr | None:
+    def _password(self) -> Secret | None:
         if self.mqtt_password_file is None:
-            return self.mqtt_password
+            if self.mqtt_password is None:
+                return None
+            return Secret(self.mqtt_password.get_secret_value())
         if self.mqtt_password is not None:
             raise ConfigError(
                 ["BRIDGE_MQTT_PASSWORD_FILE: set either it or BRIDGE_MQTT_PASSWORD, not both"]
@@ -292,7 +268,7 @@ class Settings(BaseSettings):
             raise ConfigError(
                 [f"BRIDGE_MQTT_PASSWORD_FILE: {self.mqtt_password_file} is not UTF-8 text"]
             ) from None
-        return SecretStr(text.rstrip("\r\n"))
+        return Secret(text.rstrip("\r\n"))
 
     def check_run(self) -> None:
         """Raise :class:`ConfigError` listing every problem that stops ``run``."""
@@ -312,6 +288,22 @@ class Settings(BaseSettings):
             lines.append("BRIDGE_COMMAND_FIELDS: empty; name at least one command field")
         if lines:
             raise ConfigError(lines)
+
+    def bridge_options(self) -> BridgeOptions:
+        """Everything ``run`` needs, checked first by :meth:`check_run` (its ConfigError)."""
+        self.check_run()
+        return BridgeOptions(
+            topics=self.topics(),
+            identity=self.identity(),
+            reader=self.reader(),
+            mqtt=self.mqtt(),
+            commands=self.commands(),
+            outbox=self.outbox(),
+            http=self.http(),
+            discovery=self.discovery(),
+            log_level=self.log_level,
+            log_format=self.log_format,
+        )
 
 
 class RunSettings(Settings):

@@ -31,7 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bridge import __version__
-from bridge.config import ConfigError, HttpOptions
+from bridge.options import ConfigError, HttpOptions
 
 log = logging.getLogger(__name__)
 

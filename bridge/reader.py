@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.config import ReaderOptions
+from bridge.options import ReaderOptions
 from bridge.protocol import Frame, Skipped, StreamDecoder
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from bridge.commands import FIELDS
-from bridge.config import ConfigError, Settings, env_names, load_settings
+from bridge.config import ConfigError, Secret, Settings, env_names, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.env"
@@ -140,7 +139,7 @@ def test_password_file_read_without_trailing_newline(tmp_path: Path, ending: str
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + ending, newline="")
     password = settings(mqtt_username="u", mqtt_password_file=str(secret_file)).mqtt().password
-    assert isinstance(password, SecretStr)
+    assert isinstance(password, Secret)
     assert password.get_secret_value() == SECRET
 
 

@@ -39,7 +39,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.config import MqttOptions
 from bridge.delivery import Delivery
 from bridge.discovery import Discovery
 from bridge.mqtt.client import (
@@ -52,6 +51,7 @@ from bridge.mqtt.client import (
     new_client,
     new_properties,
 )
+from bridge.options import MqttOptions
 from bridge.outbox import Outbox, Pending
 from bridge.topics import (
     STATE_DEAD,
