@@ -2,8 +2,8 @@
 
 It must not import pydantic, argparse or ``bridge.cli``: ``springcore-bridge run`` checks the
 settings with pydantic-settings (SPEC §6), writes them as :class:`BridgeOptions` JSON into a pipe
-and replaces itself (:func:`exec_runner`, ``os.execv``) with ``python -m bridge.runner
---options-fd N``, a fresh interpreter that reads them from the pipe and runs the bridge.
+and replaces itself (:func:`exec_runner`, ``os.execv``) with a fresh interpreter running
+``bridge.runner`` with ``--options-fd N`` that reads them from the pipe and runs the bridge.
 
 Why (issue 5: "RSS under 40 MB"): the settings are read once, but what pydantic-settings imports
 stays resident, and Python can neither unload modules nor hand their memory back. Measured
@@ -38,6 +38,7 @@ log = logging.getLogger("bridge")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 OPTIONS_FLAG = "--options-fd"
+_BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); import bridge.runner as r; r.launch()"
 
 
 def hold_stop_signals() -> None:
@@ -93,7 +94,10 @@ def exec_runner(options: BridgeOptions) -> NoReturn:
     os.set_inheritable(read_fd, True)
     sys.stdout.flush()  # exec drops what Python still buffers
     sys.stderr.flush()
-    argv = [sys.executable, "-m", "bridge.runner", OPTIONS_FLAG, str(read_fd)]
+    # -P and an explicit path: the new interpreter loads this very package, never a
+    # "bridge" directory that happens to sit in the working directory (-m would put it first).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, "-P", "-c", _BOOT, root, OPTIONS_FLAG, str(read_fd)]
     os.execv(sys.executable, argv)  # noqa: S606 - no shell: this interpreter, fixed arguments
 
 
@@ -126,5 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def launch() -> NoReturn:
+    """The entry of the exec'd interpreter (and of ``python -m bridge.runner``)."""
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    launch()

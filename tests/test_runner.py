@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import bridge
 from bridge.simulator import Simulator
 from tests.support import REPO, bridge_command, bridge_env, free_port
 
@@ -172,9 +173,14 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
         mqtt_password_file=str(secret_file),
     )
     log = tmp_path / "bridge.log"
+    # A decoy package in the working directory: the console script never loads it, nor may
+    # the interpreter it execs (``python -m`` would put the working directory first).
+    (tmp_path / "bridge").mkdir()
+    (tmp_path / "bridge" / "__init__.py").write_text("raise SystemExit('decoy loaded')\n")
+    console_script = Path(sys.executable).with_name("springcore-bridge")
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            bridge_command("run"),
+            [str(console_script), "run"],
             cwd=tmp_path,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -199,7 +205,10 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
             process.wait(10)
     assert json.loads(delivered.payload) == event
     # Same PID, new program: the exec happened, and pydantic's native code is not mapped.
-    assert argv[1:4] == [b"-m", b"bridge.runner", b"--options-fd"], argv
+    assert argv[1:3] == [b"-P", b"-c"], argv  # no working directory on the module path
+    assert b"bridge.runner" in argv[3], argv
+    assert Path(argv[4].decode()) == Path(bridge.__file__).parent.parent  # this very package
+    assert argv[5] == b"--options-fd", argv
     assert "pydantic_core" not in maps
     # The options came through the pipe only, and the runner closed it once read.
     assert password.encode() not in b"\0".join(argv) + environ
