@@ -166,6 +166,7 @@ class SpoolOutbox(_Bounds):
             "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
         )
         self._window: deque[Pending] = deque()
+        self._staged: list[tuple[int, float, bytes]] = []  # put, not yet written
         self._window_complete = False  # every queued row is in the window
         self._acked: list[int] = []
         self._out: set[int] = set()  # handed out, not yet acknowledged
@@ -180,17 +181,14 @@ class SpoolOutbox(_Bounds):
             log.info("spool %s holds %d undelivered event(s) from before", path, self._count)
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None:
-        """Queue events (payload, ``time.time()`` when read), in order, in the open
-        transaction: durable at the next ``commit()`` (one per read, not one per event)."""
+        """Queue events (payload, ``time.time()`` when read), in order. They are written
+        and made durable by the next ``commit()`` (one per read, not one per event), so
+        they can be taken before any disk work: SQLite stays off the latency path."""
         rows = [(self._seq + n, at, payload) for n, (payload, at) in enumerate(events, 1)]
         if not rows:
             return
         self._seq += len(rows)
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN")  # committed by commit() or flush()
-        self._db.executemany(
-            "INSERT INTO events (seq, received_at, payload) VALUES (?, ?, ?)", rows
-        )
+        self._staged += rows
         self._count += len(rows)
         if self._window_complete:
             if len(self._window) + len(rows) <= WINDOW_ROWS:
@@ -201,7 +199,19 @@ class SpoolOutbox(_Bounds):
         if excess > 0:
             self._drop_oldest_queued(excess)
 
+    def _write_staged(self) -> None:
+        """Write the rows put since the last write, in the open transaction."""
+        if not self._staged:
+            return
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")  # committed by commit() or flush()
+        self._db.executemany(
+            "INSERT INTO events (seq, received_at, payload) VALUES (?, ?, ?)", self._staged
+        )
+        self._staged = []
+
     def _drop_oldest_queued(self, count: int) -> None:
+        self._write_staged()  # the rows to delete must be there
         dropped = 0
         while dropped < count:
             self._fill_window()
@@ -216,12 +226,14 @@ class SpoolOutbox(_Bounds):
 
     def commit(self) -> None:
         """Make every event put so far durable (one transaction for a whole read's events)."""
+        self._write_staged()
         if self._db.in_transaction:
             self._db.execute("COMMIT")
 
     def _fill_window(self) -> None:
         if self._window or self._window_complete:
             return
+        self._write_staged()  # the query must see every row put
         rows = self._db.execute(
             "SELECT seq, payload, received_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (self._cursor, WINDOW_ROWS),
