@@ -19,6 +19,7 @@ same ``seq``, which tells the duplicate.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
@@ -34,6 +35,8 @@ WINDOW_ROWS = 500
 """Queued spool rows kept in memory at a time; the rest stay on disk."""
 AGE_CHECK = 10.0
 AUTOCHECKPOINT_PAGES = 10_000
+INSERT_ROWS = 300
+"""Rows per INSERT statement (3 variables each, under SQLite's oldest limit of 999)."""
 """Seconds between two scans for events older than the age limit."""
 
 
@@ -59,6 +62,12 @@ class Outbox(Protocol):
     def flush(self) -> None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...
+
+
+@functools.lru_cache(maxsize=INSERT_ROWS)
+def _insert_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return f"INSERT INTO events (seq, received_at, payload) VALUES {values}"  # noqa: S608
 
 
 def first_seq() -> int:
@@ -205,9 +214,13 @@ class SpoolOutbox(_Bounds):
             return
         if not self._db.in_transaction:
             self._db.execute("BEGIN")  # committed by commit() or flush()
-        self._db.executemany(
-            "INSERT INTO events (seq, received_at, payload) VALUES (?, ?, ?)", self._staged
-        )
+        # Many rows per statement: sqlite3 releases and retakes the GIL around every step,
+        # so executemany() (one step per row) handed the GIL to paho's thread and back once
+        # per event at full load.
+        rows = self._staged
+        for start in range(0, len(rows), INSERT_ROWS):
+            chunk = rows[start : start + INSERT_ROWS]
+            self._db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
         self._staged = []
 
     def _drop_oldest_queued(self, count: int) -> None:

@@ -34,9 +34,16 @@ CONNACK_HINTS = {
 
 
 class Client(paho.Client):
-    """paho's client, remembering why the last connection attempt failed (for the log)."""
+    """paho's client, remembering why the last connection attempt failed (for the log), and
+    telling when its network thread has written to the broker (``wrote``)."""
 
     last_error: BaseException | None = None
+    wrote: threading.Event  # set by new_client()
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sent = super()._sock_send(buf)
+        self.wrote.set()
+        return sent
 
     def reconnect(self) -> MQTTErrorCode:
         try:
@@ -166,6 +173,7 @@ def new_client(options: MqttOptions, client_id: str | None = None) -> Client:
         clean_session=None if v5 else True,
     )
     client.suppress_exceptions = True
+    client.wrote = threading.Event()
     if options.username is not None:
         password = options.password.get_secret_value() if options.password else None
         client.username_pw_set(options.username, password)
