@@ -35,12 +35,13 @@ WINDOW_ROWS = 500
 """Queued spool rows kept in memory at a time; the rest stay on disk."""
 AGE_CHECK = 10.0
 AUTOCHECKPOINT_PAGES = 10_000
-INSERT_ROWS = 300
-"""Rows per INSERT statement (3 variables each, under SQLite's oldest limit of 999)."""
+INSERT_SIZES = (256, 64, 16, 4, 1)
+"""Rows per INSERT statement (3 variables each: 768 at most, under SQLite's oldest limit
+of 999)."""
 """Seconds between two scans for events older than the age limit."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """One event waiting for the broker."""
 
@@ -64,7 +65,7 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
-@functools.lru_cache(maxsize=INSERT_ROWS)
+@functools.lru_cache(maxsize=len(INSERT_SIZES))
 def _insert_sql(rows: int) -> str:
     values = ", ".join(["(?, ?, ?)"] * rows)
     return f"INSERT INTO events (seq, received_at, payload) VALUES {values}"  # noqa: S608
@@ -217,10 +218,14 @@ class SpoolOutbox(_Bounds):
         # Many rows per statement: sqlite3 releases and retakes the GIL around every step,
         # so executemany() (one step per row) handed the GIL to paho's thread and back once
         # per event at full load.
-        rows = self._staged
-        for start in range(0, len(rows), INSERT_ROWS):
-            chunk = rows[start : start + INSERT_ROWS]
-            self._db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        # Chunks of 256, 128, ... 1 rows: few steps, and few distinct statements for SQLite's
+        # statement cache to hold (each prepared one keeps its memory).
+        rows, start = self._staged, 0
+        for size in INSERT_SIZES:
+            while len(rows) - start >= size:
+                chunk = rows[start : start + size]
+                self._db.execute(_insert_sql(size), [value for row in chunk for value in row])
+                start += size
         self._staged = []
 
     def _drop_oldest_queued(self, count: int) -> None:

@@ -262,10 +262,11 @@ class ReaderLink:
         return "the reader closed the connection"
 
     def _dispatch(self, items: list[Frame | Skipped]) -> None:
+        now = time.monotonic()
         for item in items:
             if isinstance(item, Frame):
                 self.counters.frames += 1
-                self.counters.last_frame_at = time.monotonic()
+                self.counters.last_frame_at = now
                 self._on_frame(item)
             else:
                 self.counters.skipped += 1
@@ -294,7 +295,9 @@ class ReaderLink:
                     raise CommandNotSentError(
                         "earlier commands kept the reader busy past the deadline"
                     )
-                time.sleep(max(0.0, wait_until - time.monotonic()))
+                delay = wait_until - time.monotonic()
+                if delay > 0:  # sleep(0) would still hand the GIL to another thread
+                    time.sleep(delay)
                 self._write(sock, data, deadline)
                 self._last_write = time.monotonic()
                 return

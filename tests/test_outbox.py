@@ -95,3 +95,14 @@ def test_checkpoint_moves_the_write_ahead_log_into_the_database(tmp_path: Path):
     spool.checkpoint()
     assert rows_in_database_file() == 2000
     spool.close()
+
+
+@pytest.mark.parametrize("count", [1, 3, 17, 300, 1000])
+def test_spool_writes_every_row_of_a_large_read(tmp_path: Path, count: int):
+    spool = SpoolOutbox(tmp_path / "spool.db", max_events=10_000, max_age=1e12)
+    spool.put_many(events(0, count))
+    spool.commit()
+    spool.close()
+    again = SpoolOutbox(tmp_path / "spool.db", max_events=10_000, max_age=1e12)
+    assert drain(again) == [p for p, _ in events(0, count)]
+    again.close()

@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 FLUSH = 0.5
 """Seconds between two deletions of acknowledged events from the spool."""
-ACK_BATCH = 10
+ACK_BATCH = 50
 """Acknowledgements that wake the pump when events wait for room in the window."""
 STRAGGLER = 0.005
 """Seconds the pump waits for a batch of acknowledgements before it looks anyway."""
