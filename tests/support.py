@@ -210,3 +210,27 @@ def bridge_env(**values: str) -> dict[str, str]:
     env.update({f"BRIDGE_{key.upper()}": value for key, value in values.items()})
     assert set(env) & set(env_names()) == {f"BRIDGE_{key.upper()}" for key in values}
     return env
+
+
+def run_fresh(probe: str) -> str:
+    """Run ``probe`` in a fresh interpreter from the repository; what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def start_logged(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output appended to ``log``."""
+    with log.open("ab") as log_file:
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+        )

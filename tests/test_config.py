@@ -7,8 +7,6 @@ environment cleared of BRIDGE_ variables.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 
 from bridge.commands import FIELDS
 from bridge.config import ConfigError, Secret, Settings, env_names, load_settings
+from tests.support import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.env"
@@ -272,13 +271,4 @@ def test_pure_modules_import_no_socket_and_no_paho():
         "import sys, bridge.protocol, bridge.commands; "
         "print(sorted(m for m in sys.modules if m == 'socket' or m.split('.')[0] == 'paho'))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert run_fresh(probe) == "[]"

@@ -22,7 +22,7 @@ import pytest
 
 import bridge
 from bridge.simulator import Simulator
-from tests.support import REPO, bridge_command, bridge_env, free_port
+from tests.support import bridge_command, bridge_env, free_port, run_fresh, start_logged
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker, Subscriber
@@ -38,16 +38,7 @@ def test_runner_and_app_import_no_pydantic_no_prometheus_no_cli():
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
         "or m in ('bridge.cli', 'bridge.config', 'bridge.health')))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert run_fresh(probe) == "[]"
 
 
 # -- the runner on its own -------------------------------------------------------------------
@@ -178,15 +169,7 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
     (tmp_path / "bridge").mkdir()
     (tmp_path / "bridge" / "__init__.py").write_text("raise SystemExit('decoy loaded')\n")
     console_script = Path(sys.executable).with_name("springcore-bridge")
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(console_script), "run"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-        )
+    process = start_logged([str(console_script), "run"], tmp_path, env, log)
     try:
         sub.wait_for(lambda m: m.topic == f"{base}/status" and m.json() == READY, timeout=15)
         event = simulator.factory.make("nfc")
@@ -229,15 +212,8 @@ def test_run_simulate_bridges_its_own_reader_in_one_process_and_stops_on_sigterm
     sub = subscribe(f"{base}/#")
     env = bridge_env(mqtt_host="127.0.0.1", mqtt_port=str(broker.port))
     log = tmp_path / "demo.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            bridge_command("run", "--simulate", "--device-id", device_id),
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-        )
+    command = bridge_command("run", "--simulate", "--device-id", device_id)
+    process = start_logged(command, tmp_path, env, log)
     try:
         sub.wait_for(lambda m: m.topic == f"{base}/status" and m.json() == READY, timeout=15)
         event = sub.next(topic=f"{base}/rdr/evt", timeout=10)  # the demo reads every 3 s
