@@ -90,7 +90,15 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import paho.mqtt.client as paho
-from harness import free_port, guarded, stop_process, wait_port  # scripts/harness.py
+from harness import (  # scripts/harness.py
+    ProcStat,
+    cpu_of,
+    find_mosquitto,
+    free_port,
+    guarded,
+    stop_process,
+    wait_port,
+)
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -99,7 +107,6 @@ REPO: Final = Path(__file__).resolve().parent.parent
 PREFIX: Final = "springcard/springcore"
 SEPARATOR: Final = b"\r\n"
 COMMAND: Final = b'{"Sequence":"60"}'
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 CPUS: Final = os.cpu_count() or 1
 
 WINDOW: Final = 2000
@@ -163,61 +170,6 @@ def percentile(ordered: list[int], q: float) -> int:
 # -- processes --------------------------------------------------------------------------------
 
 
-class ProcStat:
-    """CPU and memory of one process, from ``/proc``."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._cpu = 0.0
-        self._switches = 0
-
-    def cpu_seconds(self) -> float:
-        """utime + stime (fields 14 and 15 of ``/proc/<pid>/stat``); the last known value
-        once the process is gone."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return self._cpu
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-        self._cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        return self._cpu
-
-    def status_kb(self, name: str) -> int:
-        try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return -1
-        for line in text.splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-        return -1
-
-    def rss_kb(self) -> int:
-        return self.status_kb("VmRSS")
-
-    def hwm_kb(self) -> int:
-        return self.status_kb("VmHWM")
-
-    def context_switches(self) -> int:
-        """Voluntary + involuntary context switches of all its threads (a hand-over from one
-        thread to another costs one or two); the last known value once the process is gone."""
-        total = 0
-        try:
-            tasks = os.listdir(f"/proc/{self.pid}/task")
-        except OSError:
-            return self._switches
-        for task in tasks:
-            try:
-                text = Path(f"/proc/{self.pid}/task/{task}/status").read_text()
-            except OSError:
-                continue  # a thread that just ended
-            for line in text.splitlines():
-                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                    total += int(line.split()[1])
-        self._switches = total
-        return total
-
-
 def process_cpu() -> dict[int, float]:
     """CPU seconds of every process on the machine, by pid.
 
@@ -232,13 +184,12 @@ def process_cpu() -> dict[int, float]:
                 stat = Path(f"/proc/{name}/stat").read_text()
             except OSError:
                 continue  # ended meanwhile
-            fields = stat.rsplit(")", 1)[1].split()
-            found[int(name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            found[int(name)] = cpu_of(stat)
     return found
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    found = find_mosquitto()
     if not found:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
     return found

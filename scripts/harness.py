@@ -1,12 +1,17 @@
-"""Process and port helpers shared by the scripts (soak.py, bench.py); not part of the bridge."""
+"""Process, /proc and port helpers shared by soak.py and bench.py; not part of the bridge."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
+from typing import Final
+
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -50,3 +55,71 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int
                 process.kill()
             process.wait(10)
     return process.returncode
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH, or where Debian puts it (/usr/sbin)."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+def cpu_of(stat: str) -> float:
+    """utime + stime in seconds from the text of ``/proc/<pid>/stat`` (fields 14 and 15)."""
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class ProcStat:
+    """CPU and memory of one process, from ``/proc``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._cpu = 0.0
+        self._switches = 0
+
+    def cpu_seconds(self) -> float:
+        """utime + stime (fields 14 and 15 of ``/proc/<pid>/stat``); the last known value
+        once the process is gone."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return self._cpu
+        self._cpu = cpu_of(stat)
+        return self._cpu
+
+    def status_kb(self, name: str) -> int:
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return -1
+        for line in text.splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+        return -1
+
+    def rss_kb(self) -> int:
+        return self.status_kb("VmRSS")
+
+    def hwm_kb(self) -> int:
+        return self.status_kb("VmHWM")
+
+    def threads(self) -> int:
+        return self.status_kb("Threads")  # a count, not kB: the same "Name: value" line
+
+    def context_switches(self) -> int:
+        """Voluntary + involuntary context switches of all its threads (a hand-over from one
+        thread to another costs one or two); the last known value once the process is gone."""
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return self._switches
+        for task in tasks:
+            try:
+                text = Path(f"/proc/{self.pid}/task/{task}/status").read_text()
+            except OSError:
+                continue  # a thread that just ended
+            for line in text.splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+        self._switches = total
+        return total

@@ -70,7 +70,14 @@ REPO: Final = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness import free_port, guarded, stop_process, wait_port  # noqa: E402 - scripts/harness.py
+from harness import (  # noqa: E402 - scripts/harness.py
+    ProcStat,
+    find_mosquitto,
+    free_port,
+    guarded,
+    stop_process,
+    wait_port,
+)
 
 from bridge.simulator import PROFILES, Simulator  # noqa: E402 - after the path set-up
 
@@ -86,7 +93,6 @@ MAX_COUNTER: Final = 100_000_000
 NOT_SENT: Final = 1
 SENT: Final = 2
 
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 SIOCOUTQNSD: Final = 0x894B
 """ioctl: bytes in a TCP socket's send queue not yet sent (linux/sockios.h)."""
 
@@ -103,7 +109,7 @@ class StopRequestedError(Exception):
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    found = find_mosquitto()
     if not found:
         raise SoakError("mosquitto is not installed (apt-get install mosquitto)")
     return found
@@ -194,37 +200,23 @@ class BridgeProcess:
                 start_new_session=True,
             )
         self.pid = self.process.pid
+        self.stat = ProcStat(self.pid)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def rss_kb(self) -> int:
-        return self._status_field("VmRSS")
+        return self.stat.rss_kb()
 
     def hwm_kb(self) -> int:
-        return self._status_field("VmHWM")
+        return self.stat.hwm_kb()
 
     def threads(self) -> int:
-        return self._status_field("Threads")
-
-    def _status_field(self, name: str) -> int:
-        try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return -1
-        for line in text.splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-        return -1
+        return self.stat.threads()
 
     def cpu_seconds(self) -> float:
-        """utime + stime from /proc/<pid>/stat (fields 14 and 15)."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return -1.0
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """utime + stime; the last known value once the process is gone."""
+        return self.stat.cpu_seconds()
 
     def open_fds(self) -> int:
         try:
