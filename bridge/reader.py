@@ -311,12 +311,10 @@ class ReaderLink:
                     # Half a command is on the wire; the rest must never follow late.
                     self._abort(sock)
                 raise CommandNotSentError("the reader did not take the command before the deadline")
-            _, writable, _ = select.select([], [sock], [], remaining)
-            if not writable:
-                continue
-            try:
+            try:  # try first: select() before every write cost a syscall and a GIL hand-over
                 sent = sock.send(view, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                select.select([], [sock], [], remaining)
                 continue
             except OSError as exc:
                 self._abort(sock)
