@@ -6,9 +6,11 @@ A smoke test of the benchmark itself, with every phase one second long and witho
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,35 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
     paths = {(phase["phase"], phase["path"]) for phase in report["phases"]}
     for phase in ("latency 10/s", "latency 200/s", "latency 2000/s", "commands"):
         assert {(phase, "bridge"), (phase, "baseline")} <= paths
+
+
+def _search(capacity: float, start: float, steps: int = 5) -> tuple[float | None, float | None]:
+    """The benchmark's sustained-rate search against a path that holds up to ``capacity``."""
+    sys.path.insert(0, str(REPO / "scripts"))  # a script, importable only from there
+    try:
+        bench = importlib.import_module("bench")
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    next_rate: Callable[[float | None, float | None], float | None] = bench.next_rate
+    passed = failed = None
+    rate: float | None = start
+    for _ in range(steps):
+        if rate is None:
+            break
+        if rate <= capacity:
+            passed = rate
+        else:
+            failed = rate
+        rate = next_rate(passed, failed)
+    return passed, failed
+
+
+@pytest.mark.parametrize("capacity", [0.5, 0.7, 0.86, 0.95, 1.0, 1.15])
+def test_sustained_search_goes_up_as_well_as_down(capacity: float) -> None:
+    passed, failed = _search(capacity, start=0.9)
+    assert passed is not None
+    assert passed <= capacity
+    # within 10 % of what the path holds, whichever side of the first step it lies
+    assert passed >= 0.9 * capacity
+    if failed is not None:
+        assert failed > capacity
