@@ -206,6 +206,17 @@ class Bridge:
             self.mqtt.options.port,
             self.topics.base,
         )
+        discovery = self.options.discovery
+        if discovery is not None and discovery.node != self.topics.device_id:
+            # HOMEASSISTANT.md: node ids allow [A-Za-z0-9_-] only; "door.1" and "door_1"
+            # would become one device in Home Assistant, each bridge overwriting the other.
+            log.warning(
+                "BRIDGE_DEVICE_ID %r appears in Home Assistant as %r (discovery topics allow "
+                "only letters, digits, '_' and '-'): another reader whose id differs only in "
+                "other characters would share its device; such ids are best avoided",
+                self.topics.device_id,
+                discovery.node,
+            )
         self.mqtt.start()
         for thread in self._threads:
             thread.start()

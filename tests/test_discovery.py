@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import re
 import subprocess
@@ -690,3 +691,18 @@ def test_pressing_a_button_plays_its_sequence_on_the_reader(
         # what Home Assistant does on button.press: publish payload_press, not retained
         ha.publish(as_str(button["command_topic"]), word)
         assert simulator.commands.get(timeout=5) == {"Sequence": SEQUENCE_NAMES[word]}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("device_id", "warned"), [("door.1", True), ("door-1_A", False)])
+def test_start_warns_when_home_assistant_sees_another_device_id(
+    make_bridge: MakeBridge, caplog: pytest.LogCaptureFixture, device_id: str, warned: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.app")
+    make_bridge(device_id=device_id)
+    warnings = [
+        r.getMessage() for r in caplog.records if "appears in Home Assistant" in r.getMessage()
+    ]
+    assert len(warnings) == int(warned)
+    if warned:
+        assert f"{device_id!r} appears in Home Assistant as {node_id(device_id)!r}" in warnings[0]

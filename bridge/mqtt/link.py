@@ -17,6 +17,11 @@ Events are published by the reader thread right after each read (no thread hand-
 way to the broker); the pump thread publishes the rest: what waited for the window or for
 the broker, status, meta, discovery and command results.
 
+Why the connection failed or keeps dropping is worked out and logged by ``watch.py``. The rest
+stays in this one module although it is longer than the others: the two locks and which
+thread may take which (above) are the module's whole difficulty, and they are easier to
+check in one place.
+
 The session starts clean every time: a broker must not keep commands for the bridge while it
 is away and deliver them late (a late "accept" opens a door).
 """
@@ -42,15 +47,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.delivery import Delivery
 from bridge.discovery import Discovery
 from bridge.mqtt.client import (
-    CONNACK_HINTS,
     Client,
     UserProperties,
-    describe_connect_error,
     is_topic_name,
     iso_time,
     new_client,
     new_properties,
 )
+from bridge.mqtt.watch import ConnectionWatch
 from bridge.options import MqttOptions
 from bridge.outbox import Outbox, Pending
 from bridge.topics import (
@@ -74,11 +78,6 @@ STRAGGLER = 0.005
 WRITE_WAIT = 0.005
 """Seconds a read's commit waits for paho's thread to write the events out first."""
 RECONNECT_MAX = 30
-TAKEOVER_DELAY = 60
-"""Seconds to wait after another client took our client id, so the two do not evict each
-other in a tight loop (each connection with an id closes the older one, MQTT 3.1.4-3)."""
-SHORT_SESSION = 2.0
-_SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
 
 
 @dataclass(frozen=True)
@@ -142,9 +141,7 @@ class MqttLink:
         self._state = _Shared()
         self._stopping = False
         self._connects = 0
-        self._takeovers = 0
-        self._short_sessions = 0  # connections in a row that the broker closed within 2 s
-        self._refused = False  # the last CONNACK was a refusal (already logged)
+        self._watch = ConnectionWatch(options, topics.device_id)
         self._client = self._make_client()
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
@@ -263,7 +260,7 @@ class MqttLink:
         with self._delivery.lock:
             self._delivery.settle()
             published, rejected = self._delivery.published, self._delivery.rejected
-        return MqttCounters(published, rejected, self._connects, self._takeovers)
+        return MqttCounters(published, rejected, self._connects, self._watch.takeovers)
 
     @property
     def backlog(self) -> int:
@@ -470,19 +467,7 @@ class MqttLink:
     ) -> None:
         try:
             if reason_code.is_failure:
-                hint = CONNACK_HINTS.get(reason_code.value, "see the broker's log")
-                if reason_code.value in (134, 135) and self.options.username is None:
-                    hint = (
-                        "the broker wants credentials and none are set: set BRIDGE_MQTT_USERNAME "
-                        "and BRIDGE_MQTT_PASSWORD (or BRIDGE_MQTT_PASSWORD_FILE)"
-                    )
-                self._refused = True
-                log.error(
-                    "broker %s refused the connection (%s): %s; retrying",
-                    self._where(),
-                    reason_code,
-                    hint,
-                )
+                self._watch.refused(reason_code)
                 return
             # retainHandling 2: a retained command is never replayed at subscription time;
             # noLocal: a result whose response topic is rdr/cmd does not come back as a command.
@@ -503,11 +488,7 @@ class MqttLink:
                 self._connects += 1
                 self._cond.notify_all()
             self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
-            log.info(
-                "connected to broker %s",
-                self._where(),
-                extra={"device_id": self.topics.device_id, "link": "broker", "state": "up"},
-            )
+            self._watch.connected()
         except Exception:
             log.exception("on_connect failed")
 
@@ -521,8 +502,7 @@ class MqttLink:
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         try:
-            reason = describe_connect_error(self._client.last_error, self.options.tls)
-            log.warning("cannot connect to broker %s: %s; retrying", self._where(), reason)
+            self._watch.connect_failed(self._client.last_error)
         except Exception:
             log.exception("on_connect_fail failed")
 
@@ -542,52 +522,11 @@ class MqttLink:
                 self._cond.notify_all()
             if self._stopping:
                 return
-            if not was_connected:
-                self._report_closed_before_connack()
-                return
-            self._short_sessions = self._short_sessions + 1 if lasted < SHORT_SESSION else 0
-            if reason_code.value == _SESSION_TAKEN_OVER or self._short_sessions >= 3:
-                self._takeovers += 1
-                self._set_reconnect_delay(client, TAKEOVER_DELAY)
-                cause = (
-                    "another client connected with our client id and took over the session"
-                    if reason_code.value == _SESSION_TAKEN_OVER
-                    else "the broker keeps closing our connection right after it opens "
-                    "(another client with our client id, or an ACL?)"
-                )
-                log.error(
-                    "%s: give each bridge its own BRIDGE_MQTT_CLIENT_ID (now %r); "
-                    "reconnecting in %d s",
-                    cause,
-                    self.options.client_id,
-                    TAKEOVER_DELAY,
-                    extra={"device_id": self.topics.device_id, "link": "broker", "state": "down"},
-                )
-            else:
-                log.warning(
-                    "lost the broker %s (%s); reconnecting",
-                    self._where(),
-                    reason_code,
-                    extra={"device_id": self.topics.device_id, "link": "broker", "state": "down"},
-                )
+            delay = self._watch.disconnected(reason_code, was_connected, lasted)
+            if delay:
+                self._set_reconnect_delay(client, delay)
         except Exception:
             log.exception("on_disconnect failed")
-
-    def _report_closed_before_connack(self) -> None:
-        """The broker closed the link after TCP (and TLS) but before a CONNACK."""
-        if self._refused:  # the CONNACK refusal was logged already
-            self._refused = False
-            return
-        hint = (
-            "does it require a client certificate (BRIDGE_MQTT_CERT_FILE / BRIDGE_MQTT_KEY_FILE)?"
-            if self.options.tls
-            else "is BRIDGE_MQTT_PORT a TLS port? then set BRIDGE_MQTT_TLS=true"
-        )
-        log.warning(
-            "broker %s closed the connection before accepting it: %s; retrying",
-            self._where(),
-            hint,
-        )
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
@@ -639,6 +578,3 @@ class MqttLink:
                     self._cond.notify_all()
         except Exception:
             log.exception("on_publish failed")
-
-    def _where(self) -> str:
-        return f"{self.options.host}:{self.options.port}"
