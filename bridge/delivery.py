@@ -37,7 +37,7 @@ class Delivery:
         self._acks: deque[tuple[int, str | None]] = deque()
         self._inflight: dict[int, Pending | None] = {}  # mid -> event (None: not an event)
         self._connection = 0  # the broker connection the window was last checked against
-        self._barrier = False
+        self._held: set[int] = set()  # events paho re-sends after a reconnection (mids)
 
     def acknowledged(self, mid: int, refusal: str | None = None) -> None:
         """paho's ``on_publish`` (any thread, no lock): ``refusal`` is the reason, if any."""
@@ -58,6 +58,7 @@ class Delivery:
         while self._acks:
             mid, refusal = self._acks.popleft()
             item = self._inflight.pop(mid, None)  # unknown mid: published outside the window
+            self._held.discard(mid)
             if item is None:
                 continue
             self.outbox.ack(item.seq)
@@ -72,19 +73,25 @@ class Delivery:
                 self._event_topic,
             )
 
-    def next_event(self, connection: int) -> Pending | None:
-        """The next event to publish on broker connection number ``connection``, or ``None``
-        while the window is full or nothing waits.
+    def sync(self, connection: int) -> None:
+        """Before anything is published on broker connection number ``connection``.
 
         paho re-sends the messages still in flight after a reconnection itself, right after
-        ``on_connect`` returns: new events wait until those are acknowledged (order kept)."""
-        self.settle()
+        ``on_connect`` returns: new events wait until the events among those are
+        acknowledged (order kept). Only those: status, meta or discovery published on the
+        new connection must not hold events back (they did, when this was worked out at the
+        first event: a broker that then stalled held every event behind a config's PUBACK)."""
         if connection != self._connection:
             self._connection = connection
-            self._barrier = bool(self._inflight)
-        if not self._inflight:
-            self._barrier = False
-        if self._barrier or len(self._inflight) >= self.window:
+            self._held = {mid for mid, item in self._inflight.items() if item is not None}
+
+    def next_event(self, connection: int) -> Pending | None:
+        """The next event to publish on broker connection number ``connection``, or ``None``
+        while the window is full, events from before a reconnection are not acknowledged
+        yet (:meth:`sync`), or nothing waits."""
+        self.settle()
+        self.sync(connection)
+        if self._held or len(self._inflight) >= self.window:
             return None
         return self.outbox.take()
 

@@ -124,3 +124,23 @@ def test_received_at_formatted_like_datetime(timestamp: float):
     moment = datetime.fromtimestamp(timestamp, UTC)
     expected = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert iso_time(timestamp) == expected
+
+
+def test_messages_published_on_a_new_connection_do_not_hold_events_back():
+    """Meta, status and discovery go out first on each connection; events must not wait for
+    their acknowledgements (a broker that stalls then would hold every event)."""
+    delivery = make_delivery(2, window=10)
+    delivery.sync(2)  # the pump, on connection 2, before it announces
+    delivery.record(500, None)  # status, meta ...: not acknowledged yet
+    delivery.record(501, None)
+    assert len(publish(delivery, connection=2)) == 2
+
+
+def test_only_events_from_before_a_reconnection_hold_new_ones_back():
+    delivery = make_delivery(1, window=10)
+    [(mid, _)] = publish(delivery)
+    delivery.record(600, None)  # a status message in flight when connection 1 dropped
+    delivery.outbox.put_many([(b'{"n":1}', 0.0)])
+    assert publish(delivery, connection=2) == []
+    delivery.acknowledged(mid)  # the event re-sent by paho: the status may still be out
+    assert [item.payload for _, item in publish(delivery, connection=2)] == [b'{"n":1}']

@@ -356,6 +356,7 @@ class MqttLink:
                         self._delivery.settle()
                         self._delivery.outbox.flush()  # acknowledged rows out, in batches
                         flushed = time.monotonic()
+                    self._delivery.sync(self._state.connection)  # before meta, status: see there
                     for job in jobs:
                         self._run_job(job)
                     self._publish_ready()
