@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the bridge against a bare baseline path, both measured in the same run.
 
-``python scripts/bench.py`` (the full run, 12-15 minutes on two cores), ``--quick`` (about two
+``python scripts/bench.py`` (the full run, 10-15 minutes on two cores), ``--quick`` (about two
 minutes; its phases are shorter than the issue asks), ``--seconds S`` (every phase S seconds),
 ``--skip-million``, ``--json out.json``. Not a pytest test (``tests/test_bench.py`` only
 checks that a very short run produces every figure).
