@@ -22,7 +22,7 @@ import pytest
 from bridge import __version__
 from bridge.config import Settings, env_names, load_settings
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port
+from tests.support import bridge_command, bridge_env, free_port, reaped
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker
@@ -231,16 +231,12 @@ def test_signal_publishes_offline_and_exits_0(
         process = subprocess.Popen(
             bridge_command("run"), cwd=tmp_path, env=bridge_env(**settings), stderr=log
         )
-        try:
+        with reaped(process):
             sub.wait_for(lambda m: m.json() == READY, timeout=15)
             process.send_signal(signum)
             signalled = time.monotonic()
             status = process.wait(5)
             elapsed = time.monotonic() - signalled
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
     assert status == 0
     assert elapsed < 5
     assert sub.next().json() == {"State": "offline"}
@@ -272,16 +268,12 @@ def test_password_never_appears_in_output(
             stdout=stdout,
             stderr=stderr,
         )
-        try:
+        with reaped(process):
             sub.wait_for(lambda m: m.topic.endswith("/status") and m.json() == READY)
             simulator.emit()
             sub.wait_for(lambda m: m.topic.endswith("/rdr/evt"))
             process.send_signal(signal.SIGTERM)
             assert process.wait(5) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
     output = out.read_text() + err.read_text()
     assert "DEBUG" in output  # the most talkative level really was on
     assert password not in output

@@ -29,7 +29,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, wait_until
+from tests.support import bridge_command, bridge_env, free_port, reaped, wait_until
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker, Received, Subscriber
@@ -448,15 +448,11 @@ def test_last_will_marks_a_killed_bridge_dead(
         process = subprocess.Popen(
             bridge_command("run"), cwd=tmp_path, env=env, stdout=log, stderr=log
         )
-        try:
+        with reaped(process):
             sub.wait_for(lambda m: m.json() == {"State": "online,ready"}, timeout=15)
             process.send_signal(signal.SIGKILL)
             assert process.wait(10) == -signal.SIGKILL
             will = sub.wait_for(lambda m: m.json() != {"State": "online,ready"}, timeout=5)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
     assert will.json() == {"State": "offline,dead"}
     retained = subscribe(topic).next()
     assert retained.retain

@@ -22,7 +22,7 @@ import pytest
 
 import bridge
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, run_fresh, start_logged
+from tests.support import bridge_command, bridge_env, free_port, reaped, run_fresh, start_logged
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker, Subscriber
@@ -170,7 +170,7 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
     (tmp_path / "bridge" / "__init__.py").write_text("raise SystemExit('decoy loaded')\n")
     console_script = Path(sys.executable).with_name("springcore-bridge")
     process = start_logged([str(console_script), "run"], tmp_path, env, log)
-    try:
+    with reaped(process):
         sub.wait_for(lambda m: m.topic == f"{base}/status" and m.json() == READY, timeout=15)
         event = simulator.factory.make("nfc")
         simulator.emit(event)
@@ -182,10 +182,6 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
         descriptors = fd_targets(process.pid)
         process.send_signal(signal.SIGTERM)
         status = process.wait(5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     assert json.loads(delivered.payload) == event
     # Same PID, new program: the exec happened, and pydantic's native code is not mapped.
     assert argv[1:3] == [b"-P", b"-c"], argv  # no working directory on the module path
@@ -214,16 +210,12 @@ def test_run_simulate_bridges_its_own_reader_in_one_process_and_stops_on_sigterm
     log = tmp_path / "demo.log"
     command = bridge_command("run", "--simulate", "--device-id", device_id)
     process = start_logged(command, tmp_path, env, log)
-    try:
+    with reaped(process):
         sub.wait_for(lambda m: m.topic == f"{base}/status" and m.json() == READY, timeout=15)
         event = sub.next(topic=f"{base}/rdr/evt", timeout=10)  # the demo reads every 3 s
         argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         process.send_signal(signal.SIGTERM)
         status = process.wait(5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     assert isinstance(event.json(), dict)
     assert b"bridge.runner" not in argv  # the demo keeps its simulator: no exec
     assert status == 0, log.read_text()
