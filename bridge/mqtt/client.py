@@ -48,12 +48,14 @@ class Client(paho.Client):
     wrote: threading.Event  # set by new_client()
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
-        """paho 2.2's, without decoding a PUBACK that carries only the packet id: success
-        with no properties (MQTT 5 §3.4.2.1, and every MQTT 3.1.1 PUBACK), what Mosquitto
-        sends for nearly every event. paho builds a ReasonCode and a Properties object for
-        each (~30 % of the bridge's CPU at full load, issue 5 profile); here every such
+        """paho's, without decoding a PUBACK that carries only the packet id: success with
+        no properties (MQTT 5 §3.4.2.1, and every MQTT 3.1.1 PUBACK), what Mosquitto sends
+        for nearly every event. paho builds a ReasonCode and a Properties object for each
+        (~30 % of the bridge's CPU at full load, issue 5 profile); here every such
         acknowledgement shares one of each (``on_publish`` only reads them). Anything else
-        - a refusal, properties, PUBCOMP - goes through paho's own code."""
+        - a refusal, properties, PUBCOMP - goes through paho's own code. paho 2.1 and 2.2
+        share the internals used here; tests/test_client.py checks both ways agree on the
+        installed paho."""
         packet = self._in_packet["packet"]
         if cmd != "PUBACK" or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
