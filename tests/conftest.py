@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.app import Bridge
-from bridge.config import load_settings
+from bridge.config import env_names, load_settings
 from bridge.simulator import Simulator
 from tests.support import (
     Broker,
@@ -109,3 +109,13 @@ def make_bridge(
     yield make
     for bridge in started:
         bridge.stop(timeout=1.0)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No BRIDGE_* variable of the caller's environment, and ``tmp_path`` as the working
+    directory (no stray .env); returns it."""
+    for name in env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING
 import pytest
 
 from bridge import __version__
-from bridge.config import Settings, env_names, load_settings
+from bridge.config import Settings, load_settings
 from bridge.simulator import Simulator
 from tests.support import bridge_command, bridge_env, free_port, reaped
 
@@ -172,14 +172,6 @@ def test_dotenv_in_working_directory_is_read_and_environment_wins(tmp_path: Path
 
 
 # -- precedence, in-process ----------------------------------------------------------------
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_flags_override_environment_override_dotenv(

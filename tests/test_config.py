@@ -21,11 +21,7 @@ EXAMPLE = REPO / "config.example.env"
 _ASSIGNMENT = re.compile(r"(BRIDGE_[A-Z0-9_]+)=(.*)")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
+pytestmark = pytest.mark.usefixtures("clean_env")  # conftest: no BRIDGE_* variable, no .env
 
 
 def settings(**values: Any) -> Settings:

@@ -13,17 +13,13 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
-from bridge.config import ConfigError, env_names, load_settings
+from bridge.config import ConfigError, load_settings
 from bridge.options import BridgeOptions, OptionsError, Secret
 
 SECRET = 's3cret-\u00e9"\\-pass'  # JSON escapes: a quote, a backslash, non-ASCII
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
+pytestmark = pytest.mark.usefixtures("clean_env")  # conftest: no BRIDGE_* variable, no .env
 
 
 def options(**values: Any) -> BridgeOptions:
