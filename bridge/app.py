@@ -11,20 +11,23 @@ health listener is on, prometheus_client: the long-running process stays small (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
-import sqlite3
-import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from bridge.commands import CommandError, RateLimit, parse_command
+from bridge.logs import Throttle
+from bridge.loops import watched_thread
 from bridge.mqtt import IncomingCommand, MqttLink
 from bridge.options import BridgeOptions, CommandOptions, ConfigError, OutboxOptions
 from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
 from bridge.protocol import Frame, Skipped
 from bridge.reader import CommandNotSentError, ReaderLink
+from bridge.spool import SpoolError
 
 if TYPE_CHECKING:  # imported when the listener starts: prometheus_client adds ~1 MB of RSS
     from bridge.health import HealthServer, Snapshot
@@ -59,6 +62,9 @@ class CommandWorker:
         self.options = options
         self._link = link
         self._mqtt = mqtt
+        self._topic = mqtt.topics.command
+        self._retained_seen: set[bytes] = set()  # digests of retained payloads logged once
+        self._throttle = Throttle(log)
         self._queue: queue.Queue[IncomingCommand | None] = queue.Queue(COMMAND_QUEUE)
         self._limit = RateLimit(options.rate, options.burst)
         self.sent = 0
@@ -87,14 +93,11 @@ class CommandWorker:
                 log.exception("command handling failed")
 
     def handle(self, incoming: IncomingCommand) -> None:
+        if incoming.retained:
+            self._refuse_retained(incoming)
+            return
         try:
             command = parse_command(incoming.payload, self.options.allowed_fields)
-            if incoming.retained:
-                raise CommandError(
-                    "retained command refused: it would run again on every reconnection; "
-                    "publish commands without the retain flag, and clear the retained one",
-                    command.transaction,
-                )
             if not self._limit.allow(incoming.received):
                 raise CommandError(
                     f"rate limit: more than {self.options.rate:g} commands per second "
@@ -103,7 +106,11 @@ class CommandWorker:
                 )
         except CommandError as exc:
             self.refused += 1
-            log.warning("command refused: %s", exc)
+            self._throttle.warning(
+                "rate" if str(exc).startswith("rate limit") else "refused",
+                "command refused: %s",
+                exc,
+            )
             self._reply(incoming, exc.transaction, error=str(exc))
             return
         deadline = incoming.received + self.options.timeout
@@ -121,6 +128,35 @@ class CommandWorker:
         self.sent += 1
         log.info("command sent to the reader: %s", command.encode().decode())
         self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
+
+    def _refuse_retained(self, incoming: IncomingCommand) -> None:
+        """A retained message on the command topic is never executed: it would run again
+        on every reconnection. Each one gets its result; the log names a given payload once
+        (a v3.1.1 broker replays it at every subscription)."""
+        self.refused += 1
+        if not incoming.payload:  # someone cleared the retained command: that is the fix
+            self._retained_seen.clear()
+            log.info("the retained message on %s was cleared", self._topic)
+            self._reply(incoming, None, error="empty retained message (a clearing); nothing sent")
+            return
+        try:
+            transaction = parse_command(incoming.payload).transaction
+        except CommandError as exc:
+            transaction = exc.transaction
+        error = (
+            "retained command refused: it would run again on every reconnection; publish "
+            "commands without the retain flag, and clear this one (an empty retained message)"
+        )
+        digest = hashlib.sha256(incoming.payload).digest()
+        if digest not in self._retained_seen:
+            self._retained_seen.add(digest)
+            log.warning(
+                "%s on %s: %s",
+                error,
+                self._topic,
+                incoming.payload[:100].decode("utf-8", "replace"),
+            )
+        self._reply(incoming, transaction, error=error)
 
     def _reply(
         self,
@@ -140,13 +176,11 @@ def open_outbox(options: OutboxOptions) -> Outbox:
         log.warning(
             "BRIDGE_SPOOL_PATH=none: events held for the broker are lost if the bridge stops"
         )
-        return MemoryOutbox(options.max_events, options.max_age)
+        return MemoryOutbox(options.max_bytes, options.max_age)
     try:
-        return SpoolOutbox(options.spool_path, options.max_events, options.max_age)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(
-            [f"BRIDGE_SPOOL_PATH: cannot open the spool {options.spool_path}: {exc}"]
-        ) from None
+        return SpoolOutbox(options.spool_path, options.max_bytes, options.max_age)
+    except SpoolError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 class HasBridgeOptions(Protocol):
@@ -159,15 +193,23 @@ class Bridge:
     """One reader, one broker. ``start()``, then ``stop()`` (from any thread).
 
     Takes checked options, or settings to check (the tests pass ``Settings``; a bad one
-    raises :class:`ConfigError` here, before anything starts).
+    raises :class:`ConfigError` here, before anything starts). ``on_fatal(name)`` is called
+    (from the dying thread) when one of its threads dies: the runner then exits non-zero.
     """
 
-    def __init__(self, options: BridgeOptions | HasBridgeOptions) -> None:
+    def __init__(
+        self,
+        options: BridgeOptions | HasBridgeOptions,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
         if not isinstance(options, BridgeOptions):
             options = options.bridge_options()
         self.options = options
         self.topics = options.topics
+        self._on_fatal = on_fatal or (lambda name: None)
+        self._stopping = False
         self._batch: list[tuple[bytes, float]] = []  # the events of the current read
+        self._garbage = Throttle(log)
         self.reader = ReaderLink(
             options.reader,
             self._on_frame,
@@ -183,17 +225,26 @@ class Bridge:
             self._on_command,
             outbox=self.outbox,
             discovery=options.discovery,
+            live_max_age=options.live_max_age,
+            on_fatal=self._fatal,
         )
         self.commands = CommandWorker(options.commands, self.reader, self.mqtt)
         self._threads = [
-            threading.Thread(target=self.reader.run, name="reader", daemon=True),
-            threading.Thread(target=self.commands.run, name="commands", daemon=True),
+            watched_thread("reader", self.reader.run, self._fatal, lambda: self._stopping),
+            watched_thread("commands", self.commands.run, self._fatal, lambda: self._stopping),
         ]
+        self._dead: list[str] = []
         self.http: HealthServer | None = None
         if options.http is not None:
             from bridge.health import HealthServer  # noqa: PLC0415 - see the TYPE_CHECKING import
 
-            self.http = HealthServer(options.http, self)
+            self.http = HealthServer(options.http, self, on_fatal=self._fatal)
+
+    def _fatal(self, name: str) -> None:
+        """A thread the bridge depends on died (logged with its traceback by then)."""
+        if name not in self._dead:
+            self._dead.append(name)
+        self._on_fatal(name)
 
     def start(self) -> None:
         if self.http is not None:
@@ -223,6 +274,7 @@ class Bridge:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop reading, finish commands, deliver what is pending, publish ``offline``."""
+        self._stopping = True
         if self.http is not None:
             self.http.stop()
         self.reader.stop()
@@ -232,12 +284,26 @@ class Bridge:
         self.mqtt.stop(drain_timeout=timeout)
         log.info("stopped")
 
+    def abort(self, timeout: float = 1.0) -> None:
+        """After a thread died: free the reader's one slot and keep the spool as it is,
+        but say no goodbye to the broker (its last will tells ``offline,dead``)."""
+        self._stopping = True
+        if self.http is not None:
+            self.http.stop()
+        self.reader.stop()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.mqtt.abort(timeout)
+
     # -- what the health listener reads (its own threads) ----------------------------------
 
     def dead_loops(self) -> list[str]:
-        """Names of the bridge's threads that are not running (all of them before ``start``)."""
+        """Names of the bridge's threads that died (paho's network thread included); all
+        of them before ``start``."""
         dead = [thread.name for thread in self._threads if not thread.is_alive()]
-        return dead if self.mqtt.is_alive() else [*dead, "mqtt-pump"]
+        if self._stopping:
+            return dead
+        return sorted({*dead, *self._dead, *self.mqtt.dead_loops()})
 
     def is_alive(self) -> bool:
         return not self.dead_loops()
@@ -259,6 +325,7 @@ class Bridge:
             rejected=mqtt.rejected,
             buffered=backlog,
             dropped=self.mqtt.dropped,
+            held_bytes=self.mqtt.held_bytes,
             spooled=backlog if isinstance(self.outbox, SpoolOutbox) else 0,
             commands_ok=self.commands.sent,
             commands_refused=self.commands.refused,
@@ -272,7 +339,7 @@ class Bridge:
 
     def _on_frame(self, frame: Frame) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("event %s", frame.payload[:200])
+            log.debug("event %s", frame.payload[:200].decode("utf-8", "replace"))
         self._batch.append((frame.payload, time.time()))
 
     def _on_read(self) -> None:
@@ -282,11 +349,12 @@ class Bridge:
         self.mqtt.publish_events(batch)
 
     def _on_skipped(self, skipped: Skipped) -> None:
-        log.warning(
+        self._garbage.warning(
+            "garbage",
             "skipped %d byte(s) from the reader: %s (starts %r)",
             skipped.size,
             skipped.reason,
-            skipped.sample,
+            skipped.sample.decode("ascii", "backslashreplace"),
         )
 
     def _on_reader_state(self, up: bool, reason: str) -> None:

@@ -118,10 +118,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     """
     simulator = _start_demo_reader(args)
     try:
-        serve(_settings(args, _demo_overrides(args, simulator)).bridge_options())
+        return serve(_settings(args, _demo_overrides(args, simulator)).bridge_options())
     finally:
         simulator.stop()
-    return 0
 
 
 def remove_discovery(args: argparse.Namespace) -> int:

@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "BRIDGE_"
+MB = 1024 * 1024
+"""Bytes in the MB of BRIDGE_SPOOL_MAX_MB and BRIDGE_MEMORY_MAX_MB (a mebibyte)."""
 SECRET_FIELDS = frozenset({"mqtt_password"})
 _TOPIC_LEVEL = re.compile(r"[^/+#\s\x00]+")
 _DEVICE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -101,8 +103,11 @@ class Settings(BaseSettings):
     mqtt_key_file: Path | None = None
     mqtt_tls_insecure: bool = False
     spool_path: str | None = None
-    outbox_size: int = Field(10000, ge=10, le=10_000_000)
+    spool_max_mb: float = Field(256.0, gt=0, le=1_000_000)
+    memory_max_mb: float = Field(32.0, gt=0, le=100_000)
     outbox_max_age: float = Field(7 * 86400, gt=0)
+    live_topic: bool = False
+    live_max_age: float = Field(3.0, gt=0, le=3600)
 
     command_timeout: float = Field(2.0, gt=0, le=60)
     command_gap: float = Field(0.05, ge=0, le=5)
@@ -247,7 +252,13 @@ class Settings(BaseSettings):
             path = None
         else:
             path = Path(self.spool_path)
-        return OutboxOptions(path, self.outbox_size, self.outbox_max_age)
+        megabytes = self.memory_max_mb if path is None else self.spool_max_mb
+        return OutboxOptions(path, int(megabytes * MB), self.outbox_max_age)
+
+    def live_max_age_or_none(self) -> float | None:
+        """The age limit of ``bridge/live``, or ``None`` when that topic is off: it is on
+        with Home Assistant discovery (whose tag scanner and triggers use it) or when asked."""
+        return self.live_max_age if self.ha_discovery or self.live_topic else None
 
     def _password(self) -> Secret | None:
         if self.mqtt_password_file is None:
@@ -301,6 +312,7 @@ class Settings(BaseSettings):
             outbox=self.outbox(),
             http=self.http(),
             discovery=self.discovery(),
+            live_max_age=self.live_max_age_or_none(),
             log_level=self.log_level,
             log_format=self.log_format,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 
 from bridge.outbox import Outbox, Pending
@@ -38,6 +39,8 @@ class Delivery:
         self._inflight: dict[int, Pending | None] = {}  # mid -> event (None: not an event)
         self._connection = 0  # the broker connection the window was last checked against
         self._held: set[int] = set()  # events paho re-sends after a reconnection (mids)
+        self._late = 0  # late events delivered since the last report
+        self._oldest_late = 0.0  # seconds the oldest of them had waited
 
     def acknowledged(self, mid: int, refusal: str | None = None) -> None:
         """paho's ``on_publish`` (any thread, no lock): ``refusal`` is the reason, if any."""
@@ -61,7 +64,8 @@ class Delivery:
             self._held.discard(mid)
             if item is None:
                 continue
-            self.outbox.ack(item.seq)
+            self.outbox.ack(item)
+            self._note_late(item)
             if refusal is None:
                 self.published += 1
                 continue
@@ -72,6 +76,24 @@ class Delivery:
                 refusal,
                 self._event_topic,
             )
+
+    def _note_late(self, item: Pending) -> None:
+        """Count the late events delivered; once an outage's backlog is gone, say so once."""
+        if item.late:
+            self._late += 1
+            self._oldest_late = max(self._oldest_late, time.time() - item.received_at)
+            if not self.outbox.unacked():
+                self._report_late()
+        elif self._late:  # acknowledged in order: every late one before it is delivered
+            self._report_late()
+
+    def _report_late(self) -> None:
+        log.info(
+            "delivered %d late events, oldest %.1f s (held while the broker was away)",
+            self._late,
+            self._oldest_late,
+        )
+        self._late, self._oldest_late = 0, 0.0
 
     def sync(self, connection: int) -> None:
         """Before anything is published on broker connection number ``connection``.

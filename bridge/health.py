@@ -31,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bridge import __version__
+from bridge.loops import Fatal, watched_thread
 from bridge.options import ConfigError, HttpOptions
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class Snapshot:
     published: int  # events the broker acknowledged
     rejected: int  # events the broker refused (a failure reason code)
     buffered: int  # events waiting for the broker's acknowledgement
-    dropped: int  # events dropped because the outbox was full or they grew too old
+    dropped: dict[str, int]  # events dropped per reason: size (outbox full), age (too old)
+    held_bytes: int  # bytes of the events held for the broker
     spooled: int  # events held in the durable spool file (0 without a spool)
     commands_ok: int
     commands_refused: int
@@ -99,10 +101,19 @@ def _event_metrics(state: Snapshot) -> Iterator[Metric]:
     yield _counter("events_received", "events read from the reader", state.received)
     yield _counter("events_published", "events acknowledged by the broker", state.published)
     yield _counter("events_rejected", "events the broker refused (ACL?)", state.rejected)
-    yield _counter("events_dropped", "events dropped: outbox full or too old", state.dropped)
+    dropped = CounterMetricFamily(
+        PREFIX + "events_dropped",
+        "events dropped undelivered: size = the outbox's byte bound was reached, age = older "
+        "than BRIDGE_OUTBOX_MAX_AGE",
+        labels=["reason"],
+    )
+    for reason, count in sorted(state.dropped.items()):
+        dropped.add_metric([reason], count)
+    yield dropped
     yield _counter("parse_errors", "stretches of reader bytes skipped", state.parse_errors)
     yield _gauge("events_buffered", "events waiting for the broker's ack", state.buffered)
     yield _gauge("spool_depth", "events held in the spool file (0 without one)", state.spooled)
+    yield _gauge("outbox_bytes", "bytes of the events held for the broker", state.held_bytes)
     age = GaugeMetricFamily(
         PREFIX + "last_event_age_seconds", "seconds since the last event (none before the first)"
     )
@@ -210,11 +221,15 @@ class _Handler(BaseHTTPRequestHandler):
 class HealthServer:
     """The listener: :meth:`start` binds and serves in a daemon thread, :meth:`stop` ends it."""
 
-    def __init__(self, options: HttpOptions, observed: Observed) -> None:
+    def __init__(
+        self, options: HttpOptions, observed: Observed, on_fatal: Fatal | None = None
+    ) -> None:
         self.options = options
         self._observed = observed
+        self._on_fatal = on_fatal or (lambda name: None)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -230,8 +245,9 @@ class HealthServer:
             raise ConfigError(
                 [f"BRIDGE_HTTP_HOST/BRIDGE_HTTP_PORT: cannot listen on {where}: {exc.strerror}"]
             ) from None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(POLL,), name="http", daemon=True
+        server = self._server
+        self._thread = watched_thread(
+            "http", lambda: server.serve_forever(POLL), self._on_fatal, lambda: self._stopping
         )
         self._thread.start()
         log.info(
@@ -243,6 +259,7 @@ class HealthServer:
     def stop(self) -> None:
         if self._server is None or self._thread is None:
             return
+        self._stopping = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(2)

@@ -112,8 +112,8 @@ class HttpOptions:
 @dataclass(frozen=True)
 class OutboxOptions:
     spool_path: Path | None  # None: held in memory only
-    max_events: int
-    max_age: float
+    max_bytes: int  # what the spool (or, without one, memory) holds at most
+    max_age: float  # seconds an undelivered event is kept at most
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class BridgeOptions:
     outbox: OutboxOptions
     http: HttpOptions | None  # None: no health and metrics listener
     discovery: Discovery | None  # None: no Home Assistant discovery
+    live_max_age: float | None  # None: no bridge/live topic; else its age limit, seconds
     log_level: LogLevel
     log_format: LogFormat
 

@@ -1,20 +1,25 @@
 """Events waiting for the broker: in memory, or in a SQLite spool that survives a crash.
 
 An outbox hands events out in order, one at a time, and forgets each only when the broker
-has acknowledged it (``ack``). It is bounded by count and by age: when more than
-``max_events`` wait to be handed out, the oldest of them is dropped and counted (the few
-already handed to paho, at most ``mqtt.WINDOW``, cannot be taken back and are not counted).
-The caller (``mqtt.MqttLink``) serialises every call under its own lock and never holds that
-lock around paho's ``publish()``.
+has acknowledged it (``ack``). It is bounded in bytes and by age, never by a count: a burst
+that comes faster than the broker takes it waits here and drains at the broker's pace.
+Only when the bytes of the waiting events pass the bound (``BRIDGE_SPOOL_MAX_MB``, or
+``BRIDGE_MEMORY_MAX_MB`` without a spool) is the oldest waiting event dropped, counted under
+the reason ``size``; an event older than ``BRIDGE_OUTBOX_MAX_AGE`` is dropped under ``age``.
+Events already handed to paho (a window of at most ``delivery.WINDOW``) cannot be taken back:
+they are never dropped, and their bytes come on top of the bound.
+The caller (``mqtt.MqttLink``) serialises every call under its own lock and never holds
+that lock around paho's ``publish()``.
 
-The spool is SQLite in WAL mode with ``synchronous=NORMAL``. The events of one read are
-committed in one transaction before the next read, so a crash (SIGKILL, OOM) of the bridge
-loses at most the read in progress - which no order of steps can save, the reader has sent
-it - and only a power cut within the last moments could lose more (SQLite's own guarantee
-for that mode). The caller may hand events to paho before that commit, in the same step:
-that only lets the broker see them earlier, it never makes a crash lose more. Acknowledged rows are
-deleted in batches (``flush``), so after a crash a few events may be sent twice - with the
-same ``seq``, which tells the duplicate.
+The spool is SQLite in WAL mode with ``synchronous=NORMAL`` (``bridge.spool`` opens it). The
+events of one read are committed in one transaction before the next read, so a crash
+(SIGKILL, OOM) of the bridge loses at most the read in progress - which no order of steps can
+save, the reader has sent it - and only a power cut within the last moments could lose more
+(SQLite's own guarantee for that mode). The caller may hand events to paho before that
+commit, in the same step: that only lets the broker see them earlier, it never makes a crash
+lose more. Acknowledged rows are deleted in batches (``flush``), so after a crash a few
+events may be sent twice - with the same ``seq``, which tells the duplicate. A full disk
+(``SQLITE_FULL``) costs events, counted under ``size``, never the bridge.
 """
 
 from __future__ import annotations
@@ -24,21 +29,28 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from bridge.logs import Throttle
+from bridge.spool import Spool
 
 log = logging.getLogger(__name__)
 
 WINDOW_ROWS = 500
 """Queued spool rows kept in memory at a time; the rest stay on disk."""
 AGE_CHECK = 10.0
-AUTOCHECKPOINT_PAGES = 10_000
+"""Seconds between two scans for events older than the age limit."""
 INSERT_SIZES = (256, 64, 16, 4, 1)
 """Rows per INSERT statement (3 variables each: 768 at most, under SQLite's oldest limit
 of 999)."""
-"""Seconds between two scans for events older than the age limit."""
+SPOOL_ROW_OVERHEAD = 32
+"""Bytes a spool row takes besides its payload (seq, time, record header), roughly."""
+MEMORY_OVERHEAD = 160
+"""Bytes an event held in memory takes besides its payload (the objects around it)."""
+DROP_REASONS = ("size", "age")
 
 
 @dataclass(slots=True)
@@ -48,17 +60,19 @@ class Pending:
     seq: int
     payload: bytes
     received_at: float  # time.time() when the bridge read it
+    late: bool = False  # set when published: read before the current broker connection
 
 
 class Outbox(Protocol):
-    dropped: int
+    dropped: dict[str, int]  # per reason, DROP_REASONS
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None: ...
     def take(self) -> Pending | None: ...
     def give_back(self, item: Pending) -> None: ...
-    def ack(self, seq: int) -> None: ...
+    def ack(self, item: Pending) -> None: ...
     def unacked(self) -> int: ...
     def queued(self) -> int: ...
+    def held_bytes(self) -> int: ...
     def commit(self) -> None: ...
     def flush(self) -> None: ...
     def checkpoint(self) -> None: ...
@@ -77,30 +91,51 @@ def first_seq() -> int:
 
 
 class _Bounds:
-    """Counting and logging of dropped events, shared by both outboxes."""
+    """The byte and age bounds, and the counting and logging of what they drop."""
 
-    def __init__(self, max_events: int, max_age: float) -> None:
-        self.max_events = max_events
+    def __init__(self, max_bytes: int, max_age: float, size_setting: str) -> None:
+        self.max_bytes = max_bytes
         self.max_age = max_age
-        self.dropped = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._bytes = 0  # every event held, in flight or waiting
+        self._out_bytes = 0  # the events handed out, in flight
+        self._size_setting = size_setting
+        self._throttle = Throttle(log)
 
-    def _report_drop(self, count: int, why: str) -> None:
-        before = self.dropped
-        self.dropped += count
-        if before == 0 or before // 1000 != self.dropped // 1000:
-            log.warning(
-                "dropped %d undelivered event(s), the oldest, %s; %d dropped so far",
-                count,
-                why,
-                self.dropped,
-            )
+    def held_bytes(self) -> int:
+        """Bytes of the events held (payloads plus an estimate of what surrounds each)."""
+        return self._bytes
+
+    def _over_bound(self, target: int | None = None) -> bool:
+        """The waiting events take more than ``target`` bytes (the bound by default)."""
+        return self._bytes - self._out_bytes > (self.max_bytes if target is None else target)
+
+    def _report_drop(self, count: int, reason: str) -> None:
+        self.dropped[reason] += count
+        if reason == "size":
+            why = f"the outbox holds {self.max_bytes / 1048576:g} MB at most ({self._size_setting})"
+        else:
+            why = f"older than {self.max_age:g} s (BRIDGE_OUTBOX_MAX_AGE)"
+        self._throttle.warning(
+            reason,
+            "dropped %d undelivered event(s), the oldest, reason %s: %s; %d dropped for %s so far",
+            count,
+            reason,
+            why,
+            self.dropped[reason],
+            reason,
+        )
+
+    def flush_log(self) -> None:
+        """The drop summary of the last minute, if it is due."""
+        self._throttle.flush()
 
 
 class MemoryOutbox(_Bounds):
     """The outbox without a spool: lost if the bridge itself stops."""
 
-    def __init__(self, max_events: int, max_age: float) -> None:
-        super().__init__(max_events, max_age)
+    def __init__(self, max_bytes: int, max_age: float) -> None:
+        super().__init__(max_bytes, max_age, "BRIDGE_MEMORY_MAX_MB")
         self._queue: deque[Pending] = deque()
         self._out: set[int] = set()
         self._seq = first_seq()
@@ -110,25 +145,32 @@ class MemoryOutbox(_Bounds):
         for payload, received_at in events:
             self._seq += 1
             self._queue.append(Pending(self._seq, payload, received_at))
-        excess = len(self._queue) - self.max_events
-        if excess > 0:
-            for _ in range(excess):
-                self._queue.popleft()
-            self._report_drop(excess, f"outbox full ({self.max_events} events, BRIDGE_OUTBOX_SIZE)")
+            self._bytes += len(payload) + MEMORY_OVERHEAD
+        dropped = 0
+        while self._over_bound() and self._queue:
+            self._bytes -= len(self._queue.popleft().payload) + MEMORY_OVERHEAD
+            dropped += 1
+        if dropped:
+            self._report_drop(dropped, "size")
 
     def take(self) -> Pending | None:
         if not self._queue:
             return None
         item = self._queue.popleft()
         self._out.add(item.seq)
+        self._out_bytes += len(item.payload) + MEMORY_OVERHEAD
         return item
 
     def give_back(self, item: Pending) -> None:
         self._out.discard(item.seq)
+        self._out_bytes -= len(item.payload) + MEMORY_OVERHEAD
         self._queue.appendleft(item)
 
-    def ack(self, seq: int) -> None:
-        self._out.discard(seq)
+    def ack(self, item: Pending) -> None:
+        if item.seq in self._out:
+            self._out.discard(item.seq)
+            self._bytes -= len(item.payload) + MEMORY_OVERHEAD
+            self._out_bytes -= len(item.payload) + MEMORY_OVERHEAD
 
     def unacked(self) -> int:
         return len(self._queue) + len(self._out)
@@ -143,10 +185,11 @@ class MemoryOutbox(_Bounds):
         cutoff = time.time() - self.max_age
         old = 0
         while self._queue and self._queue[0].received_at < cutoff:
-            self._queue.popleft()
+            self._bytes -= len(self._queue.popleft().payload) + MEMORY_OVERHEAD
             old += 1
         if old:
-            self._report_drop(old, f"older than {self.max_age:g} s (BRIDGE_OUTBOX_MAX_AGE)")
+            self._report_drop(old, "age")
+        self.flush_log()
 
     def checkpoint(self) -> None:
         """Nothing on disk."""
@@ -155,30 +198,18 @@ class MemoryOutbox(_Bounds):
         """Nothing to keep."""
 
 
+def _row_size(payload: bytes) -> int:
+    return len(payload) + SPOOL_ROW_OVERHEAD
+
+
 class SpoolOutbox(_Bounds):
     """The outbox on disk: what the broker has not acknowledged survives a crash."""
 
-    def __init__(self, path: Path, max_events: int, max_age: float) -> None:
-        super().__init__(max_events, max_age)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, max_bytes: int, max_age: float) -> None:
+        super().__init__(max_bytes, max_age, "BRIDGE_SPOOL_MAX_MB")
         self.path = path
-        # One connection, used by several threads but always under the caller's lock.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # SQLite's default page cache (2 MiB) fills slowly as the queue slides through the
-        # file: RSS crept up over a million events. The hot pages (both ends of the queue)
-        # fit in far less; the rest is in the OS page cache anyway.
-        self._db.execute("PRAGMA cache_size=-512")  # KiB
-        # Checkpoints (the only fsyncs in this mode) run in checkpoint(), from another
-        # thread on another connection, so no commit in the reader's path waits for a disk
-        # flush (they put the 2,000 events/s p99 at 15-40 ms); this is only a safety net.
-        self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-        self._checkpointer: sqlite3.Connection | None = None
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS events "
-            "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
-        )
+        self._spool = Spool.open(path)  # locked for this process; a corrupt file moved aside
+        self._db = self._spool.db
         self._window: deque[Pending] = deque()
         self._staged: list[tuple[int, float, bytes]] = []  # put, not yet written
         self._window_complete = False  # every queued row is in the window
@@ -186,13 +217,19 @@ class SpoolOutbox(_Bounds):
         self._out: set[int] = set()  # handed out, not yet acknowledged
         self._closed = False
         self._age_checked = 0.0
-        self._drop_older_than(time.time() - max_age)
-        row = self._db.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
-        self._count: int = row[0]
-        self._seq = max(first_seq(), (row[1] or 0) + 1)
         self._cursor = 0  # highest seq handed out
+        self._drop_older_than(time.time() - max_age)
+        count, top, payload_bytes = self._db.execute(
+            "SELECT COUNT(*), MAX(seq), TOTAL(LENGTH(payload)) FROM events"
+        ).fetchone()
+        self._count: int = count
+        self._bytes = int(payload_bytes) + count * SPOOL_ROW_OVERHEAD
+        self._seq = max(first_seq(), (top or 0) + 1)
         if self._count:
             log.info("spool %s holds %d undelivered event(s) from before", path, self._count)
+        if self._over_bound():  # the bound was lowered since they were spooled
+            self._drop_oldest_queued()
+            self._db.commit()
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None:
         """Queue events (payload, ``time.time()`` when read), in order. They are written
@@ -204,58 +241,100 @@ class SpoolOutbox(_Bounds):
         self._seq += len(rows)
         self._staged += rows
         self._count += len(rows)
+        self._bytes += sum(_row_size(payload) for _, _, payload in rows)
         if self._window_complete:
             if len(self._window) + len(rows) <= WINDOW_ROWS:
                 self._window.extend(Pending(seq, payload, at) for seq, at, payload in rows)
             else:
                 self._window_complete = False
-        excess = self._count - len(self._out) - self.max_events
-        if excess > 0:
-            self._drop_oldest_queued(excess)
+        if self._over_bound():
+            self._drop_oldest_queued()
 
-    def _write_staged(self) -> None:
-        """Write the rows put since the last write, in the open transaction."""
+    def commit(self) -> None:
+        """Write and make durable every event put so far (one transaction for a whole
+        read's events). With the disk full, the oldest waiting events make room; if that
+        is not enough, the new ones are dropped (still delivered if paho has them)."""
         if not self._staged:
             return
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN")  # committed by commit() or flush()
+        rows, self._staged = self._staged, []
+        try:
+            self._insert(rows)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            self._on_disk_full(rows)
+
+    def _insert(self, rows: list[tuple[int, float, bytes]]) -> None:
         # Many rows per statement: sqlite3 releases and retakes the GIL around every step,
         # so executemany() (one step per row) handed the GIL to paho's thread and back once
-        # per event at full load.
-        # Chunks of 256, 128, ... 1 rows: few steps, and few distinct statements for SQLite's
-        # statement cache to hold (each prepared one keeps its memory).
-        rows, start = self._staged, 0
-        for size in INSERT_SIZES:
-            while len(rows) - start >= size:
-                chunk = rows[start : start + size]
-                self._db.execute(_insert_sql(size), [value for row in chunk for value in row])
-                start += size
-        self._staged = []
+        # per event at full load. Chunks of 256, 64, ... 1 rows: few steps, and few distinct
+        # statements for SQLite's statement cache to hold (each prepared one keeps memory).
+        with self._db:  # one transaction: committed, or rolled back on an error
+            start = 0
+            for size in INSERT_SIZES:
+                while len(rows) - start >= size:
+                    chunk = rows[start : start + size]
+                    self._db.execute(_insert_sql(size), [value for row in chunk for value in row])
+                    start += size
 
-    def _drop_oldest_queued(self, count: int) -> None:
-        self._write_staged()  # the rows to delete must be there
-        dropped = 0
-        while dropped < count:
+    def _on_disk_full(self, rows: list[tuple[int, float, bytes]]) -> None:
+        needed = sum(_row_size(payload) for _, _, payload in rows)
+        log.error(
+            "the disk holding the spool %s is full: dropping the oldest waiting events", self.path
+        )
+        waiting = self._bytes - self._out_bytes
+        doomed = self._drop_oldest_queued(target=max(0, waiting - 2 * needed), written=False)
+        rows = [row for row in rows if row[0] not in doomed]
+        try:
+            self._insert(rows)
+            lost: set[int] = set()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            lost = {seq for seq, _, _ in rows} - self._out  # handed to paho: still delivered
+            for seq, _, payload in rows:
+                if seq in lost:
+                    self._count -= 1
+                    self._bytes -= _row_size(payload)
+            self._report_drop(len(lost), "size")
+        # The window may hold rows that never reached the disk: read it again from there.
+        self._window.clear()
+        self._window_complete = False
+
+    def _drop_oldest_queued(self, target: int | None = None, written: bool = True) -> set[int]:
+        """Drop the oldest events not handed out yet until ``target`` bytes (the bound) are
+        held; their seqs. ``written``: the staged rows may be among them, so they are
+        written first (else they are the caller's)."""
+        if written:
+            self.commit()
+        doomed: list[int] = []
+        while self._over_bound(target):
             self._fill_window()
             if not self._window:
                 break
             oldest = self._window.popleft()
-            self._db.execute("DELETE FROM events WHERE seq = ?", (oldest.seq,))
-            dropped += 1
-        self._count -= dropped
-        if dropped:
-            self._report_drop(dropped, f"spool full ({self.max_events} events, BRIDGE_OUTBOX_SIZE)")
+            self._cursor = max(self._cursor, oldest.seq)  # never handed out: skip it
+            doomed.append(oldest.seq)
+            self._count -= 1
+            self._bytes -= _row_size(oldest.payload)
+        if doomed:
+            self._delete(doomed)
+            self._report_drop(len(doomed), "size")
+        return set(doomed)
 
-    def commit(self) -> None:
-        """Make every event put so far durable (one transaction for a whole read's events)."""
-        self._write_staged()
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
+    def _delete(self, seqs: Iterable[int]) -> None:
+        seqs = sorted(seqs)
+        if seqs[-1] - seqs[0] + 1 == len(seqs):
+            # In order, as acknowledgements and drops come: one range instead of one per row.
+            self._db.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
+        else:
+            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in seqs))
+        self._db.commit()
 
     def _fill_window(self) -> None:
         if self._window or self._window_complete:
             return
-        self._write_staged()  # the query must see every row put
+        self.commit()  # the query must see every row put
         rows = self._db.execute(
             "SELECT seq, payload, received_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (self._cursor, WINDOW_ROWS),
@@ -270,18 +349,22 @@ class SpoolOutbox(_Bounds):
         item = self._window.popleft()
         self._cursor = item.seq
         self._out.add(item.seq)
+        self._out_bytes += _row_size(item.payload)
         return item
 
     def give_back(self, item: Pending) -> None:
         self._out.discard(item.seq)
+        self._out_bytes -= _row_size(item.payload)
         self._window.appendleft(item)
         self._cursor = item.seq - 1
 
-    def ack(self, seq: int) -> None:
-        if seq in self._out:
-            self._out.discard(seq)
-            self._acked.append(seq)
+    def ack(self, item: Pending) -> None:
+        if item.seq in self._out:
+            self._out.discard(item.seq)
+            self._acked.append(item.seq)
             self._count -= 1
+            self._bytes -= _row_size(item.payload)
+            self._out_bytes -= _row_size(item.payload)
 
     def unacked(self) -> int:
         return self._count
@@ -292,43 +375,47 @@ class SpoolOutbox(_Bounds):
     def flush(self) -> None:
         """Delete acknowledged rows and (every AGE_CHECK s) rows past the age limit."""
         self.commit()
-        acked, self._acked = self._acked, []
-        if acked and max(acked) - min(acked) + 1 == len(acked):
-            # Acknowledgements come in order: one range delete instead of one per row.
-            self._db.execute(
-                "DELETE FROM events WHERE seq BETWEEN ? AND ?", (min(acked), max(acked))
-            )
-        elif acked:
-            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in acked))
+        if self._acked:
+            try:
+                self._delete(self._acked)
+                self._acked = []
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                # Kept for the next flush; a crash meanwhile would only send them twice.
+                self._db.rollback()
+        self.flush_log()
         now = time.monotonic()
         if now - self._age_checked < AGE_CHECK:
             return
         self._age_checked = now
-        dropped = self._drop_older_than(time.time() - self.max_age, queued_only=True)
-        if dropped:
-            self._count -= dropped
+        if self._drop_older_than(time.time() - self.max_age, queued_only=True):
             self._window.clear()
             self._window_complete = False
 
     def _drop_older_than(self, cutoff: float, queued_only: bool = False) -> int:
         floor = self._cursor if queued_only else 0
-        deleted = self._db.execute(
-            "DELETE FROM events WHERE received_at < ? AND seq > ?", (cutoff, floor)
-        ).rowcount
-        if deleted:
-            self._report_drop(deleted, f"older than {self.max_age:g} s (BRIDGE_OUTBOX_MAX_AGE)")
-        return deleted
+        where = "WHERE received_at < ? AND seq > ?"
+        count, payload_bytes = self._db.execute(
+            f"SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM events {where}",  # noqa: S608
+            (cutoff, floor),
+        ).fetchone()
+        if not count:
+            return 0
+        self._db.execute(f"DELETE FROM events {where}", (cutoff, floor))  # noqa: S608
+        self._db.commit()
+        if queued_only:  # at start-up the totals are read afterwards
+            self._count -= count
+            self._bytes -= int(payload_bytes) + count * SPOOL_ROW_OVERHEAD
+        self._report_drop(count, "age")
+        return int(count)
 
     def checkpoint(self) -> None:
-        """Copy committed pages from the write-ahead log into the database (PASSIVE: never
-        blocks the writer). The one call that may be made without the caller's lock, by
-        one thread at a time: it has its own connection."""
-        if self._closed:
-            return
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
-            self._checkpointer.execute("PRAGMA cache_size=-256")  # KiB: it only copies pages
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copy committed pages from the write-ahead log into the database (never blocks
+        the writer). The one call that may be made without the caller's lock, by one thread
+        at a time: it has its own connection."""
+        if not self._closed:
+            self._spool.checkpoint()
 
     def close(self) -> None:
         """Flush and close; closing twice is harmless."""
@@ -336,6 +423,4 @@ class SpoolOutbox(_Bounds):
             return
         self._closed = True
         self.flush()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-        self._db.close()
+        self._spool.close()

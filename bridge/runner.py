@@ -28,8 +28,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
+
+import setproctitle
 
 from bridge import logs
 from bridge.options import BridgeOptions, ConfigError, OptionsError
@@ -37,6 +40,10 @@ from bridge.options import BridgeOptions, ConfigError, OptionsError
 log = logging.getLogger("bridge")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+FATAL_SIGNAL = signal.SIGUSR2
+"""Sent to the main thread by a dying thread of the bridge; it then exits with EXIT_FATAL."""
+EXIT_FATAL = 70
+"""Exit status after an internal loop died (EX_SOFTWARE): the supervisor restarts the bridge."""
 OPTIONS_FLAG = "--options-fd"
 _BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); import bridge.runner as r; r.launch()"
 
@@ -48,12 +55,19 @@ def hold_stop_signals() -> None:
     handler runs in the middle of other code, so none can deadlock on a lock it interrupted,
     and a signal that arrives during start-up still means a clean stop.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {FATAL_SIGNAL})
 
 
-def wait_stop_signal() -> None:
-    signum = signal.sigwait(STOP_SIGNALS)
-    log.info("received %s, stopping", signal.Signals(signum).name)
+def wait_stop_signal(failed: list[str] | None = None) -> bool:
+    """Wait for SIGTERM or SIGINT (True), or for a thread's death reported in ``failed``
+    (False); a FATAL_SIGNAL from outside, with nothing in ``failed``, is ignored."""
+    while True:
+        signum = signal.sigwait(STOP_SIGNALS | {FATAL_SIGNAL})
+        if signum != FATAL_SIGNAL:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            return True
+        if failed:
+            return False
 
 
 def print_problems(error: ConfigError) -> None:
@@ -62,15 +76,39 @@ def print_problems(error: ConfigError) -> None:
         print(f"springcore-bridge: {line}", file=sys.stderr)
 
 
-def serve(options: BridgeOptions) -> None:
-    """Run a bridge until SIGTERM or SIGINT, then stop it (offline published, sockets closed)."""
+def serve(options: BridgeOptions) -> int:
+    """Run a bridge until SIGTERM or SIGINT, then stop it (offline published, sockets
+    closed): 0. If one of its threads dies first: EXIT_FATAL, without a goodbye to the
+    broker, whose last will then says ``offline,dead``."""
     from bridge.app import Bridge  # noqa: PLC0415 - paho stays out of bridge.cli's imports
 
     hold_stop_signals()
-    bridge = Bridge(options)
+    main = threading.get_ident()
+    failed: list[str] = []
+
+    def on_fatal(name: str) -> None:  # in the dying thread
+        failed.append(name)
+        signal.pthread_kill(main, FATAL_SIGNAL)
+
+    bridge = Bridge(options, on_fatal=on_fatal)
+    name_process(options.topics.device_id)
     bridge.start()
-    wait_stop_signal()
-    bridge.stop()
+    if wait_stop_signal(failed):
+        bridge.stop()
+        return 0
+    log.critical(
+        "internal loop(s) %s died: exiting with status %d so that the bridge is restarted",
+        ", ".join(failed),
+        EXIT_FATAL,
+    )
+    bridge.abort()
+    return EXIT_FATAL
+
+
+def name_process(device_id: str) -> None:
+    """``ps`` and ``pgrep -f`` show ``springcore-bridge <device id>``, not the interpreter's
+    command line (the kernel's short name becomes "springcore-brid")."""
+    setproctitle.setproctitle(f"springcore-bridge {device_id}")
 
 
 def exec_runner(options: BridgeOptions) -> NoReturn:
@@ -121,13 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, OptionsError) as exc:
         print(f"springcore-bridge: no options on descriptor {arguments[1]}: {exc}", file=sys.stderr)
         return 2
-    logs.configure(options.log_level, options.log_format)
+    logs.configure(options.log_level, options.log_format, options.topics.device_id)
     try:
-        serve(options)
+        return serve(options)
     except ConfigError as exc:  # a spool that cannot be opened, a port already in use
         print_problems(exc)
         return 2
-    return 0
 
 
 def launch() -> NoReturn:

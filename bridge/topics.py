@@ -47,6 +47,11 @@ class Topics:
     def result(self) -> str:
         return f"{self.base}/bridge/result"
 
+    @property
+    def live(self) -> str:
+        """Timely events only: what automations that answer a person at the door read."""
+        return f"{self.base}/bridge/live"
+
 
 def status_payload(state: str) -> bytes:
     """``{"State": ...}`` as the reader's native MQTT mode publishes it."""

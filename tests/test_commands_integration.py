@@ -558,24 +558,31 @@ def test_command_waits_out_a_short_reader_outage_within_its_deadline(
 # -- retained commands -----------------------------------------------------------------------
 
 
-def test_retained_commands_with_mqtt_v5(rig: Rig, make_bridge: Callable[..., Bridge]) -> None:
+def test_retained_commands_with_mqtt_v5(
+    rig: Rig, make_bridge: Callable[..., Bridge], caplog: pytest.LogCaptureFixture
+) -> None:
     rig.send(b"accept", retain=True)
     try:
         # subscribed with retainHandling 2: the retained accept is not delivered at all
         rig.start(make_bridge)
         rig.sentinel("after-start")  # no result before the sentinel's, nothing at the reader
 
-        # A retained publish while the bridge is subscribed reaches it with the retain flag
-        # cleared (MQTT v5 3.3.1.3, Retain As Published 0): a plain command, forwarded once.
-        rig.send(b'{"transaction":"live","Sequence":"deny"}', retain=True)
-        assert rig.result() == {"ok": True, "transaction": "live", "sent": {"Sequence": "61"}}
-        assert rig.command() == {"Sequence": "61"}
+        # A retained publish while the bridge is subscribed reaches it live; subscribed with
+        # Retain As Published, it keeps its flag (MQTT v5 3.3.1.3) and is refused - twice
+        # for the same command published twice, with one log line.
+        for _ in range(2):
+            rig.send(b'{"transaction":"live","Sequence":"deny"}', retain=True)
+            check_refused(b"deny (retained)", rig.result(), ("retain",), "live")
+        rig.sentinel("after-live")  # neither deny reached the reader
     finally:
         rig.send(b"", retain=True)
-    # Clearing it is an empty publish, which reaches the bridge live too: refused as empty.
+    # Clearing it is an empty retained publish, which reaches the bridge live too.
     check_refused(b"", rig.result(), ("empty",), None)
     rig.sentinel()
     assert rig.sim.commands.empty()
+    logged = [r for r in caplog.records if "retained command refused" in r.getMessage()]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert logged[0].levelno == logging.WARNING
 
 
 def test_retained_command_is_refused_then_commands_work_with_mqtt_311(

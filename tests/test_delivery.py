@@ -19,7 +19,7 @@ FIRST = 1  # the broker connection number the tests publish on
 
 
 def make_delivery(events: int, window: int = 3) -> Delivery:
-    delivery = Delivery(MemoryOutbox(10_000, 3600.0), "t/evt", window=window)
+    delivery = Delivery(MemoryOutbox(10 * 1024 * 1024, 3600.0), "t/evt", window=window)
     delivery.outbox.put_many([(b'{"n":%d}' % n, 0.0) for n in range(events)])
     return delivery
 

@@ -245,16 +245,18 @@ def test_garbage_is_skipped_counted_logged_and_the_link_kept(
     bridge, sub = start_online()
     for number, (kind, garbage) in enumerate(GARBAGE.items()):
         skipped_before = bridge.reader.counters.skipped
-        warnings_before = len([r for r in caplog.records if r.levelno == logging.WARNING])
         simulator.send_raw(garbage)
         event = tagged(simulator, number)
         simulator.emit(event)
         message = sub.next(topic=bridge.topics.event)
         assert message.payload == compact(event), kind
         assert bridge.reader.counters.skipped > skipped_before, kind
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) > warnings_before, kind
-        assert "skipped" in warnings[-1].getMessage(), kind
+    # Logged once, then throttled: the rest go into a summary a minute later (their count is
+    # in /metrics meanwhile), so a reader that streams garbage cannot flood the log.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("skipped "), warnings
+    assert "b'" not in warnings[0]  # the sample is text with escapes, not a bytes repr
     assert bridge.reader.is_up
     assert simulator.accepted == 1
     assert bridge.reader.counters.connects == 1

@@ -192,7 +192,9 @@ def test_metrics_count_every_event_received_and_published(
     assert after[PUBLISHED] - before[PUBLISHED] == 5
     assert 0 <= after[AGE] < 5
     assert after[BUFFERED] == after[SPOOL] == 0  # all acknowledged
-    assert after["springcore_bridge_events_dropped_total"] == 0
+    for reason in ("size", "age"):
+        assert after[f'springcore_bridge_events_dropped_total{{reason="{reason}"}}'] == 0
+    assert after["springcore_bridge_outbox_bytes"] == 0
     assert after[PARSE_ERRORS] == before[PARSE_ERRORS] == 0
 
     simulator.send_raw(b"$SCRDR;garbage\r\n")

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-import bridge
 from bridge.simulator import Simulator
 from tests.support import bridge_command, bridge_env, free_port, reaped, run_fresh, start_logged
 
@@ -177,18 +176,26 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
         delivered = sub.next(topic=f"{base}/rdr/evt")
         proc = Path(f"/proc/{process.pid}")
         argv = (proc / "cmdline").read_bytes().split(b"\0")
+        comm = (proc / "comm").read_text()
+        found = subprocess.run(
+            ["pgrep", "-f", f"^springcore-bridge {device_id}$"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         environ = (proc / "environ").read_bytes()
         maps = (proc / "maps").read_text()
         descriptors = fd_targets(process.pid)
         process.send_signal(signal.SIGTERM)
         status = process.wait(5)
     assert json.loads(delivered.payload) == event
-    # Same PID, new program: the exec happened, and pydantic's native code is not mapped.
-    assert argv[1:3] == [b"-P", b"-c"], argv  # no working directory on the module path
-    assert b"bridge.runner" in argv[3], argv
-    assert Path(argv[4].decode()) == Path(bridge.__file__).parent.parent  # this very package
-    assert argv[5] == b"--options-fd", argv
+    # Same PID, new program: the exec happened (the decoy package in the working directory
+    # was not loaded), and pydantic's native code is not mapped.
     assert "pydantic_core" not in maps
+    # ps and pgrep show what runs, not "python3 -P -c import sys...".
+    assert argv[0] == f"springcore-bridge {device_id}".encode(), argv
+    assert comm == "springcore-brid\n"  # the kernel keeps 15 characters of it
+    assert found == [str(process.pid)]
     # The options came through the pipe only, and the runner closed it once read.
     assert password.encode() not in b"\0".join(argv) + environ
     assert [target for target in descriptors if target.startswith("pipe:")] == []

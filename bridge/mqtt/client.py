@@ -12,9 +12,11 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -35,17 +37,42 @@ CONNACK_HINTS = {
 }
 
 
+class _NotShortError(Exception):
+    """Not a PUBACK the short path takes: paho's own path decodes it."""
+
+
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
 _PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
 class Client(paho.Client):
     """paho's client, remembering why the last connection attempt failed (for the log),
-    telling when its network thread has written to the broker (``wrote``), and taking the
-    common PUBACK the short way."""
+    telling when its network thread has written to the broker (``wrote``) and when that
+    thread ends (``on_loop_exit``), and taking the common PUBACK the short way."""
 
     last_error: BaseException | None = None
     wrote: threading.Event  # set by new_client()
+    is_looping = False  # paho's network loop (loop_start's thread) runs
+    on_loop_exit: Callable[[BaseException | None], None] | None = None
+    """Called by the network thread as it ends: with the exception that killed it, if any."""
+    _fast_puback = True
+
+    def loop_forever(
+        self, timeout: float = 1.0, retry_first_connection: bool = False
+    ) -> MQTTErrorCode:
+        """paho's loop (``loop_start`` runs it in its thread), watched: paho's thread dies in
+        silence when something inside it raises (paho #365), so its end is reported."""
+        error: BaseException | None = None
+        self.is_looping = True
+        try:
+            return super().loop_forever(timeout, retry_first_connection)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.is_looping = False
+            if self.on_loop_exit is not None:
+                self.on_loop_exit(error)
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         """paho's, without decoding a PUBACK that carries only the packet id: success with
@@ -56,9 +83,24 @@ class Client(paho.Client):
         - a refusal, properties, PUBCOMP - goes through paho's own code. paho 2.1 and 2.2
         share the internals used here; tests/test_client.py checks both ways agree on the
         installed paho."""
+        if self._fast_puback:
+            try:
+                return self._short_puback(cmd)
+            except _NotShortError:
+                pass
+            except Exception:  # a paho release that changed what this relies on
+                self._fast_puback = False
+                log.warning(
+                    "the short PUBACK path failed on paho %s; using paho's own from now on",
+                    paho_version,
+                    exc_info=True,
+                )
+        return super()._handle_pubackcomp(cmd)
+
+    def _short_puback(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
         if cmd != "PUBACK" or len(packet) != 2:
-            return super()._handle_pubackcomp(cmd)
+            raise _NotShortError
         mid = int.from_bytes(packet, "big")
         with self._out_message_mutex:
             if mid in self._out_messages:

@@ -44,8 +44,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bridge import logs
 from bridge.delivery import Delivery
 from bridge.discovery import Discovery
+from bridge.loops import watched_thread
 from bridge.mqtt.client import (
     Client,
     UserProperties,
@@ -78,6 +80,8 @@ STRAGGLER = 0.005
 WRITE_WAIT = 0.005
 """Seconds a read's commit waits for paho's thread to write the events out first."""
 RECONNECT_MAX = 30
+AGE_MARK = 1.0
+"""Seconds an event may wait in the bridge before it carries its ``age_ms``."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,13 @@ class MqttLink:
         *,
         outbox: Outbox,
         discovery: Discovery | None = None,
+        live_max_age: float | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options
+        self._live_max_age = live_max_age
+        self._on_fatal = on_fatal or (lambda name: None)
+        self._network_error: BaseException | None = None  # why paho's thread ended, if it did
         self._discovery = discovery
         self.topics = topics
         self._identity = identity
@@ -143,7 +152,9 @@ class MqttLink:
         self._connects = 0
         self._watch = ConnectionWatch(options, topics.device_id)
         self._client = self._make_client()
-        self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
+        self._pump = watched_thread(
+            "mqtt-pump", self._pump_loop, self._on_fatal, lambda: self._stopping
+        )
 
     @property
     def is_v5(self) -> bool:
@@ -165,6 +176,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_loop_exit = self._on_loop_exit
         return client
 
     @staticmethod
@@ -222,6 +234,16 @@ class MqttLink:
         if left:
             log.warning("stopping with %d event(s) not delivered to the broker", left)
 
+    def abort(self, timeout: float) -> None:
+        """After a fatal error: close the outbox (if its lock comes within ``timeout``) and
+        nothing else - the process is about to exit, and the broker's last will speaks."""
+        self._stopping = True
+        if self._delivery.lock.acquire(timeout=timeout):
+            try:
+                self._delivery.outbox.close()
+            finally:
+                self._delivery.lock.release()
+
     def _wait_settled(self, done: Callable[[], bool], deadline: float) -> None:
         """Wait until ``done()`` (called under the delivery lock, acknowledgements applied)."""
         while True:
@@ -242,9 +264,27 @@ class MqttLink:
         busy = self._delivery.outbox.unacked() or self._delivery.in_flight() or state.results
         return state.connected and bool(busy)
 
-    def is_alive(self) -> bool:
-        """The publishing pump runs (paho's own thread reconnects by itself)."""
-        return self._pump.is_alive()
+    def dead_loops(self) -> list[str]:
+        """The link's threads that stopped although the link was not stopped: the pump, and
+        paho's network thread (``mqtt-network``), which reconnects by itself while it runs."""
+        if self._stopping or not self._pump.ident:  # stopped, or not started yet
+            return []
+        dead = [] if self._pump.is_alive() else ["mqtt-pump"]
+        return dead if self._client.is_looping else [*dead, "mqtt-network"]
+
+    def _on_loop_exit(self, error: BaseException | None) -> None:
+        """paho's network thread is ending (its last act): fine when we stop, else fatal."""
+        if self._stopping:
+            return
+        self._network_error = error
+        with self._cond:
+            self._state.connected = False
+            self._cond.notify_all()
+        if error is None:
+            log.critical("paho's network thread (mqtt-network) ended although nothing stopped it")
+        else:
+            log.critical("paho's network thread (mqtt-network) died", exc_info=error)
+        self._on_fatal("mqtt-network")
 
     def wait_connected(self, timeout: float) -> bool:
         with self._cond:
@@ -269,10 +309,16 @@ class MqttLink:
             return self._delivery.unacked()
 
     @property
-    def dropped(self) -> int:
-        """Events dropped because the outbox was full or they grew too old."""
+    def dropped(self) -> dict[str, int]:
+        """Events dropped, per reason: ``size`` (the outbox's byte bound), ``age``."""
         with self._delivery.lock:
-            return self._delivery.outbox.dropped
+            return dict(self._delivery.outbox.dropped)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the outbox holds (its bound is BRIDGE_SPOOL_MAX_MB or _MEMORY_MAX_MB)."""
+        with self._delivery.lock:
+            return self._delivery.outbox.held_bytes()
 
     # -- what the application hands over ---------------------------------------------------
 
@@ -320,9 +366,19 @@ class MqttLink:
     # -- publishing: under the delivery lock, from the reader thread or the pump ----------
 
     def _publish_ready(self) -> int:
-        """Publish queued events while connected and the window has room; how many."""
+        """Publish queued events while connected and the window has room; how many.
+
+        Status (and meta, on a new broker connection) that is due goes first, whichever
+        thread gets here first: an automation that ignores transitions from "unavailable"
+        must see ``online,ready`` before the first card of a new link."""
         delivery = self._delivery
         state = self._state  # plain reads: a stale value only delays an event to the pump
+        if state.connected and (state.announce or state.status_due):
+            delivery.sync(state.connection)
+            with self._cond:
+                due = self._take_announcement()
+            if due is not None:
+                self._announce(with_meta=due)
         published = 0
         while state.connected:
             item = delivery.next_event(state.connection)
@@ -349,24 +405,23 @@ class MqttLink:
                 if self._stopping:
                     return
                 jobs = self._take_jobs()
-            try:
-                flush = time.monotonic() - flushed >= FLUSH
-                with self._delivery.lock:
-                    if flush:
-                        self._delivery.settle()
-                        self._delivery.outbox.flush()  # acknowledged rows out, in batches
-                        flushed = time.monotonic()
-                    self._delivery.sync(self._state.connection)  # before meta, status: see there
-                    for job in jobs:
-                        self._run_job(job)
-                    self._publish_ready()
-                    with self._cond:  # under the delivery lock, like _note_backlog()
-                        self._state.backlog = self._delivery.outbox.queued() > 0
+            # No catch-all here: a bug that raises ends the pump, which is fatal
+            # (bridge.loops): the process exits and restarts rather than pile up events.
+            flush = time.monotonic() - flushed >= FLUSH
+            with self._delivery.lock:
                 if flush:
-                    self._delivery.outbox.checkpoint()  # the disk flush, outside the lock
-            except Exception:  # a bug here must not stop event delivery for good
-                log.exception("publishing failed")
-                time.sleep(0.5)
+                    self._delivery.settle()
+                    self._delivery.outbox.flush()  # acknowledged rows out, in batches
+                    flushed = time.monotonic()
+                self._delivery.sync(self._state.connection)  # before meta, status: see there
+                for job in jobs:
+                    self._run_job(job)
+                self._publish_ready()
+                with self._cond:  # under the delivery lock, like _note_backlog()
+                    self._state.backlog = self._delivery.outbox.queued() > 0
+            if flush:
+                self._delivery.outbox.checkpoint()  # the disk flush, outside the lock
+                logs.flush_throttles()  # the per-minute summaries of repeated warnings
 
     def _wait_for_work(self) -> None:
         """Under ``_cond``. Events that wait for room in the window go out in batches as
@@ -402,12 +457,22 @@ class MqttLink:
         if state.rediscover_at is not None and time.monotonic() >= state.rediscover_at:
             state.rediscover_at = None
             jobs.append(None)
-        if state.announce or state.status_due:
-            jobs.append(state.announce)
-            state.announce = state.status_due = False
+        due = self._take_announcement()
+        if due is not None:
+            jobs.append(due)
         jobs.extend(state.results)
         state.results.clear()
         return jobs
+
+    def _take_announcement(self) -> bool | None:
+        """Under ``_cond``: True when meta, status and discovery are due (a new broker
+        connection), False when only status is (the reader link changed), else None."""
+        state = self._state
+        if not (state.announce or state.status_due):
+            return None
+        due = state.announce
+        state.announce = state.status_due = False
+        return due
 
     def _run_job(self, job: _Job) -> None:
         if job is None:
@@ -440,13 +505,21 @@ class MqttLink:
             self._delivery.record(info.mid, None)
 
     def _publish_pending(self, item: Pending) -> bool:
-        """Hand one event to paho; False if it had to be put back (QoS 0, not connected)."""
+        """Hand one event to paho; False if it had to be put back (QoS 0, not connected).
+
+        ``late``: read before this broker connection (it waited through an outage);
+        ``age_ms``: on a late event, and on any that waited more than AGE_MARK s in the
+        bridge (a burst the broker takes slower than the reader sends it).
+        A timely event also goes to ``bridge/live`` when that topic is on."""
+        age = time.time() - item.received_at
+        item.late = item.received_at < self._state.connected_since
         properties = None
         if self.is_v5:
             user = [("seq", str(item.seq)), ("received_at", iso_time(item.received_at))]
-            if item.received_at < self._state.connected_since:
-                age_ms = max(0, int((time.time() - item.received_at) * 1000))
-                user += [("late", "true"), ("age_ms", str(age_ms))]
+            if item.late:
+                user.append(("late", "true"))
+            if item.late or age > AGE_MARK:
+                user.append(("age_ms", str(max(0, int(age * 1000)))))
             properties = UserProperties(user)
         qos = self.options.qos
         info = self._client.publish(self.topics.event, item.payload, qos=qos, properties=properties)
@@ -454,6 +527,10 @@ class MqttLink:
             self._delivery.outbox.give_back(item)  # paho does not keep QoS 0: back in front
             return False
         self._delivery.record(info.mid, item)
+        if self._live_max_age is not None and not item.late and age <= self._live_max_age:
+            live = self._client.publish(self.topics.live, item.payload, qos, properties=properties)
+            if live.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or qos > 0:
+                self._delivery.record(live.mid, None)
         return True
 
     # -- paho callbacks: record, notify, never block, never raise -------------------------
@@ -471,8 +548,12 @@ class MqttLink:
                 self._watch.refused(reason_code)
                 return
             # retainHandling 2: a retained command is never replayed at subscription time;
+            # retainAsPublished: one that arrives live keeps its retain flag, so the command
+            # worker can refuse it (a v5 broker clears the flag otherwise, MQTT 5 3.3.1.3);
             # noLocal: a result whose response topic is rdr/cmd does not come back as a command.
-            options = SubscribeOptions(qos=self.options.qos, noLocal=True, retainHandling=2)
+            options = SubscribeOptions(
+                qos=self.options.qos, noLocal=True, retainAsPublished=True, retainHandling=2
+            )
             if self.is_v5:
                 client.subscribe(self.topics.command, options=options)
             else:
@@ -523,7 +604,9 @@ class MqttLink:
                 self._cond.notify_all()
             if self._stopping:
                 return
-            delay = self._watch.disconnected(reason_code, was_connected, lasted)
+            delay = self._watch.disconnected(
+                reason_code, was_connected, lasted, flags.is_disconnect_packet_from_server
+            )
             if delay:
                 self._set_reconnect_delay(client, delay)
         except Exception:

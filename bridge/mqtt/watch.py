@@ -11,6 +11,7 @@ import logging
 
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.logs import Throttle
 from bridge.mqtt.client import CONNACK_HINTS, describe_connect_error
 from bridge.options import MqttOptions
 
@@ -23,6 +24,17 @@ SHORT_SESSION = 2.0
 """Seconds: a connection the broker closed sooner counts as short; three in a row look like
 a takeover (a v3.1.1 broker gives no reason code)."""
 _SESSION_TAKEN_OVER = 142  # MQTT v5 reason code 0x8E
+_KEEPALIVE_TIMEOUT = 141  # 0x8D, what paho reports when the broker stops answering pings
+_CONNECT = "broker-connect"
+_DISCONNECT_HINTS = {  # MQTT 5 §3.14.2.1, the codes a broker sends in DISCONNECT
+    137: "the broker is busy; it should accept us again shortly",
+    139: "the broker is shutting down",
+    135: "not authorised: check the broker's ACL for this client",
+    149: "a message was larger than the broker's message_size_limit",
+    151: "the broker's quota was exceeded",
+    152: "an administrator disconnected this client",
+    153: "the payload format was refused",
+}
 
 
 class ConnectionWatch:
@@ -34,6 +46,7 @@ class ConnectionWatch:
         self._extra = {"device_id": device_id, "link": "broker"}
         self._short_sessions = 0  # connections in a row that the broker closed within 2 s
         self._refused = False  # the last CONNACK was a refusal (already logged)
+        self._throttle = Throttle(log)  # failed attempts: the first, then one line a minute
 
     def where(self) -> str:
         return f"{self.options.host}:{self.options.port}"
@@ -47,21 +60,32 @@ class ConnectionWatch:
                 "and BRIDGE_MQTT_PASSWORD (or BRIDGE_MQTT_PASSWORD_FILE)"
             )
         self._refused = True
-        log.error(
-            "broker %s refused the connection (%s): %s; retrying", self.where(), reason_code, hint
+        self._throttle.log(
+            logging.ERROR,
+            _CONNECT,
+            "broker %s refused the connection (%s): %s; retrying",
+            self.where(),
+            reason_code,
+            hint,
         )
 
     def connected(self) -> None:
+        self._throttle.reset(_CONNECT)  # the count of failed attempts, if any, first
         log.info("connected to broker %s", self.where(), extra={**self._extra, "state": "up"})
 
     def connect_failed(self, error: BaseException | None) -> None:
         """No connection at all (TCP, TLS): ``error`` is what the last attempt raised."""
         reason = describe_connect_error(error, self.options.tls)
-        log.warning("cannot connect to broker %s: %s; retrying", self.where(), reason)
+        self._throttle.warning(
+            _CONNECT, "cannot connect to broker %s: %s; retrying", self.where(), reason
+        )
 
-    def disconnected(self, reason_code: ReasonCode, was_connected: bool, lasted: float) -> float:
-        """The connection ended after ``lasted`` s; the reconnection delay to use instead of
-        the usual one (after a takeover), or 0."""
+    def disconnected(
+        self, reason_code: ReasonCode, was_connected: bool, lasted: float, from_broker: bool
+    ) -> float:
+        """The connection ended after ``lasted`` s (``from_broker``: the broker said so with
+        a DISCONNECT packet); the reconnection delay to use instead of the usual one (after
+        a takeover), or 0."""
         if not was_connected:
             self._closed_before_connack()
             return 0
@@ -69,9 +93,9 @@ class ConnectionWatch:
         taken_over = reason_code.value == _SESSION_TAKEN_OVER
         if not taken_over and self._short_sessions < 3:
             log.warning(
-                "lost the broker %s (%s); reconnecting",
+                "lost the broker %s: %s; reconnecting",
                 self.where(),
-                reason_code,
+                self._why_lost(reason_code, from_broker),
                 extra={**self._extra, "state": "down"},
             )
             return 0
@@ -91,6 +115,21 @@ class ConnectionWatch:
         )
         return TAKEOVER_DELAY
 
+    def _why_lost(self, reason_code: ReasonCode, from_broker: bool) -> str:
+        """What ended a connection, in words (paho says "Unspecified error" for most)."""
+        if from_broker:
+            hint = _DISCONNECT_HINTS.get(reason_code.value, "see the broker's log")
+            return f"the broker closed the session ({reason_code}): {hint}"
+        if reason_code.value == _KEEPALIVE_TIMEOUT:
+            return (
+                f"no answer from the broker for 1.5 x BRIDGE_MQTT_KEEPALIVE "
+                f"({1.5 * self.options.keepalive:g} s): the broker or the network path hangs"
+            )
+        return (
+            "the connection closed without a word from the broker (it stopped or restarted, "
+            "or the network dropped the connection)"
+        )
+
     def _closed_before_connack(self) -> None:
         """The broker closed the link after TCP (and TLS) but before a CONNACK."""
         if self._refused:  # the CONNACK refusal was logged already
@@ -101,6 +140,9 @@ class ConnectionWatch:
             if self.options.tls
             else "is BRIDGE_MQTT_PORT a TLS port? then set BRIDGE_MQTT_TLS=true"
         )
-        log.warning(
-            "broker %s closed the connection before accepting it: %s; retrying", self.where(), hint
+        self._throttle.warning(
+            _CONNECT,
+            "broker %s closed the connection before accepting it: %s; retrying",
+            self.where(),
+            hint,
         )
