@@ -85,8 +85,14 @@ class Discovery:
         }
 
     def configs(self) -> list[tuple[str, dict[str, object]]]:
-        """(topic, config) for every component, in a stable order."""
-        event_topic = self.topics.event
+        """(topic, config) for every component, in a stable order.
+
+        What stands for "a person at the door now" - the tag scanner, the device triggers
+        and the event entity, which automations answer with accept or deny - reads
+        ``bridge/live``: an event delivered late, after a broker outage, must not open a
+        door, and Home Assistant cannot see the ``late`` user property. Only the last-tag
+        sensor, a record, reads ``rdr/evt`` with every event (docs/home-assistant.md §6)."""
+        event_topic = self.topics.live
         result: list[tuple[str, dict[str, object]]] = [
             # tag and device_automation drop unknown keys (availability, origin, ...).
             (
@@ -165,7 +171,7 @@ class Discovery:
                 self._entity(
                     "last_tag",
                     "Last tag",
-                    state_topic=event_topic,
+                    state_topic=self.topics.event,
                     value_template=f"{{{{ {_TAG_ID} }}}}",
                     icon="mdi:card-account-details-outline",
                     enabled_by_default=False,  # card ids are personal data

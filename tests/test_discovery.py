@@ -220,7 +220,7 @@ def test_an_ip_address_as_device_id_is_sanitised() -> None:
     assert disc.node == "192_168_1_50"
     assert all("/192_168_1_50/" in topic for topic, _ in disc.configs())
     # The entities still read and write the bridge's own topics, dots and all.
-    assert only(disc, "event")["state_topic"] == "springcard/springcore/192.168.1.50/rdr/evt"
+    assert only(disc, "event")["state_topic"] == "springcard/springcore/192.168.1.50/bridge/live"
 
 
 def test_discovery_prefix_and_birth_topic_follow_the_setting() -> None:
@@ -328,11 +328,13 @@ def test_entities_take_availability_from_the_status_topic_in_list_form() -> None
 def test_each_component_reads_and_writes_the_bridge_topics() -> None:
     disc = discovery()
     topics = disc.topics
-    assert only(disc, "tag")["topic"] == topics.event
-    assert only(disc, "event")["state_topic"] == topics.event
+    # What an automation answers at the door reads only timely events (SPEC §5).
+    assert only(disc, "tag")["topic"] == topics.live
+    assert only(disc, "event")["state_topic"] == topics.live
+    assert all(c["topic"] == topics.live for c in configs_of(disc, "device_automation"))
+    # The last-tag sensor is a record: every event, late ones included.
     assert only(disc, "sensor")["state_topic"] == topics.event
     assert only(disc, "binary_sensor")["state_topic"] == topics.status
-    assert all(c["topic"] == topics.event for c in configs_of(disc, "device_automation"))
     assert all(c["command_topic"] == topics.command for c in configs_of(disc, "button"))
 
 

@@ -105,9 +105,15 @@ def test_node_red_function_answers_the_same_reader_with_a_word_the_bridge_accept
     allowed = json.loads(allowed_list[1])[0]
     lobby = Topics(PREFIX, "lobby")
 
-    def event(tag: str, **extra: str) -> dict[str, object]:
+    def event(tag: str, props: dict[str, str] | None = None, **extra: str) -> dict[str, object]:
         payload = {"Interface": "13.56", "Protocol": "NFC-A", "Template": 1, "TagId": tag}
-        return {"topic": lobby.event, "payload": {**payload, **extra, "Uptime": "1:2.000"}}
+        message: dict[str, object] = {
+            "topic": lobby.event,
+            "payload": {**payload, **extra, "Uptime": "1:2.000"},
+        }
+        if props is not None:  # Node-RED's mqtt in gives MQTT v5 user properties so
+            message["userProperties"] = {"seq": "17", "received_at": "…", **props}
+        return message
 
     cases = {
         "allowed read": (event(allowed), "accept"),
@@ -116,6 +122,11 @@ def test_node_red_function_answers_the_same_reader_with_a_word_the_bridge_accept
         "insert and remove at once": (event(allowed, Move="Insert,Remove"), "accept"),
         "removal": (event(allowed, Move="Remove"), None),
         "legacy removal": (event(allowed, State="Remove"), None),
+        "timely read": (event(allowed, {}), "accept"),
+        "read that waited 1.5 s in a burst": (event(allowed, {"age_ms": "1500"}), "accept"),
+        # SPEC §5: a late read must not open a door, nor one stuck for long behind a burst.
+        "late read after an outage": (event(allowed, {"late": "true", "age_ms": "900"}), None),
+        "read that waited 20 s": (event(allowed, {"age_ms": "20000"}), None),
     }
     results = run_function(func, [message for message, _ in cases.values()])
     for (case, (_, word)), result in zip(cases.items(), results, strict=True):

@@ -432,8 +432,9 @@ def test_full_outbox_drops_older_events_never_newer_ones(
 
 @pytest.mark.slow
 def test_bridge_started_while_broker_down_delivers_held_events(
-    broker: Broker, gate: Gate, gated_bridge, simulator: Simulator, subscribe
+    broker: Broker, gate: Gate, gated_bridge, simulator: Simulator, subscribe, *, caplog
 ):
+    caplog.set_level(logging.INFO, logger="bridge.delivery")
     broker.kill()
     bridge = gated_bridge()  # the gate is shut too: nothing listens where the bridge dials
     assert simulator.wait_client()
@@ -451,6 +452,43 @@ def test_bridge_started_while_broker_down_delivers_held_events(
     assert all(int(m.properties["age_ms"]) > 0 for m in delivered)
     wait_until(lambda: bridge.mqtt.backlog == 0, "the bridge's backlog to drain")
     assert bridge.mqtt.counters.published == 5
+    # Once the outage's backlog is delivered, one line says so.
+    reports = [r.getMessage() for r in caplog.records if "late events" in r.getMessage()]
+    assert len(reports) == 1, reports
+    assert reports[0].startswith("delivered 5 late events, oldest ")
+
+
+@pytest.mark.slow
+def test_late_reads_arrive_on_rdr_evt_marked_late_and_never_on_bridge_live(
+    gate: Gate, gated_bridge, simulator: Simulator, subscribe
+):
+    """SPEC §5: a read delivered after an outage is history, not a person at the door; Home
+    Assistant's tag scanner and triggers read bridge/live, so it must never appear there."""
+    broker = gate.broker
+    gate.open()
+    bridge = gated_bridge()  # Home Assistant discovery on (the default): bridge/live too
+    sub = subscribe(f"{bridge.topics.base}/#")
+    resubscribed = watch_resubscribe(sub)
+    sub.wait_for(
+        lambda m: m.topic == bridge.topics.status and m.json() == {"State": "online,ready"}
+    )
+    before = simulator.emit(simulator.factory.make("nfc", tag_id=tag(0))).rstrip(b"\r\n")
+    assert sub.wait_for(lambda m: m.topic == bridge.topics.live).payload == before
+
+    broker.kill()
+    gate.shut()
+    wait_until(lambda: not bridge.mqtt.is_connected, "the bridge to notice the broker is gone")
+    held = [simulator.emit(simulator.factory.make("nfc", tag_id=tag(i))) for i in range(1, 4)]
+    wait_until(lambda: bridge.mqtt.backlog == 3, "the bridge to hold three reads")
+    broker.start()
+    assert resubscribed.wait(15)
+    gate.open()
+    late = [sub.wait_for(lambda m: m.topic == bridge.topics.event, timeout=30) for _ in held]
+    assert [m.payload for m in late] == [data.rstrip(b"\r\n") for data in held]
+    assert all(m.properties.get("late") == "true" for m in late)
+    after = simulator.emit(simulator.factory.make("nfc", tag_id=tag(9))).rstrip(b"\r\n")
+    # The next thing on bridge/live is the new read: none of the three late ones came before.
+    assert sub.wait_for(lambda m: m.topic == bridge.topics.live).payload == after
 
 
 @pytest.mark.slow
