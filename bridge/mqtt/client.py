@@ -53,7 +53,7 @@ class Client(paho.Client):
     last_error: BaseException | None = None
     wrote: threading.Event  # set by new_client()
     is_looping = False  # paho's network loop (loop_start's thread) runs
-    on_loop_exit: Callable[[BaseException | None], None] | None = None
+    on_loop_exit: Callable[[Exception | None], None] | None = None
     """Called by the network thread as it ends: with the exception that killed it, if any."""
     _fast_puback = True
 
@@ -62,13 +62,13 @@ class Client(paho.Client):
     ) -> MQTTErrorCode:
         """paho's loop (``loop_start`` runs it in its thread), watched: paho's thread dies in
         silence when something inside it raises (paho #365), so its end is reported."""
-        error: BaseException | None = None
+        error: Exception | None = None
         self.is_looping = True
         try:
             return super().loop_forever(timeout, retry_first_connection)
-        except BaseException as exc:
+        except Exception as exc:  # reported below, with its traceback, instead of re-raised
             error = exc
-            raise
+            return MQTTErrorCode.MQTT_ERR_UNKNOWN
         finally:
             self.is_looping = False
             if self.on_loop_exit is not None:

@@ -140,7 +140,6 @@ class MqttLink:
         self.options = options
         self._live_max_age = live_max_age
         self._on_fatal = on_fatal or (lambda name: None)
-        self._network_error: BaseException | None = None  # why paho's thread ended, if it did
         self._discovery = discovery
         self.topics = topics
         self._identity = identity
@@ -272,11 +271,10 @@ class MqttLink:
         dead = [] if self._pump.is_alive() else ["mqtt-pump"]
         return dead if self._client.is_looping else [*dead, "mqtt-network"]
 
-    def _on_loop_exit(self, error: BaseException | None) -> None:
+    def _on_loop_exit(self, error: Exception | None) -> None:
         """paho's network thread is ending (its last act): fine when we stop, else fatal."""
         if self._stopping:
             return
-        self._network_error = error
         with self._cond:
             self._state.connected = False
             self._cond.notify_all()
