@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.logs import Throttle
 from bridge.options import ReaderOptions
 from bridge.protocol import Frame, Skipped, StreamDecoder
 
@@ -31,6 +32,7 @@ SETTLE = 0.5
 """Seconds a new connection must stay open (or deliver data) before the link counts as up."""
 STABLE_LINK = 10.0
 """A link that stayed up this long (or delivered data) resets the reconnect backoff."""
+_DOWN = "reader-down"
 
 
 class CommandNotSentError(Exception):
@@ -130,6 +132,7 @@ class ReaderLink:
         self._last_write = 0.0
         self.counters = ReaderCounters()
         self.down_reason = "not connected yet"
+        self._throttle = Throttle(log)
 
     @property
     def is_up(self) -> bool:
@@ -160,7 +163,9 @@ class ReaderLink:
                     break
                 self._on_state(False, self.down_reason)
             delay = self._backoff.next_delay()
-            log.warning(
+            # The first failure at once; while the reader stays away, one line a minute.
+            self._throttle.warning(
+                _DOWN,
                 "reader %s link down: %s; retrying in %.1f s",
                 target,
                 self.down_reason,
@@ -210,6 +215,7 @@ class ReaderLink:
             if data is not None and not data:
                 return self._closed_reason(connected_at, received)
             self._up.set()
+            self._throttle.reset(_DOWN)  # how many attempts failed meanwhile, first
             log.info(
                 "reader %s:%d link up",
                 self.options.host,
