@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +27,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.app import Bridge
+from bridge.config import load_settings
 from bridge.simulator import Simulator
 from bridge.topics import Topics
+from tests.support import Broker, Subscriber, wait_until
+from tests.test_outage import Gate
 
 pytestmark = pytest.mark.integration
 
@@ -606,6 +610,53 @@ def test_retained_command_is_refused_then_commands_work_with_mqtt_311(
     rig.refused(b'{"transaction":9,"Colour":"red"}', ("Colour",), 9)
     rig.refused(b"open", ("open",))
     rig.sentinel()
+
+
+@pytest.mark.slow
+def test_retained_command_replayed_at_each_reconnection_is_refused_and_logged_once(
+    broker: Broker,
+    simulator: Simulator,
+    device_id: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MQTT 3.1.1 replays a retained message at every subscription: after each reconnection
+    the bridge refuses it again, with a result each time but one log line in all."""
+    topics = Topics(PREFIX, device_id)
+    watcher = Subscriber(broker.port, topics.result)
+    gate = Gate(broker)  # cut, the bridge's connection ends; the broker and watcher stay
+    gate.open()
+    bridge: Bridge | None = None
+    try:
+        watcher.publish(topics.command, b'{"transaction":"stale","Sequence":"accept"}', retain=True)
+        settings = load_settings(
+            env_file=None,
+            reader_host="127.0.0.1",
+            reader_port=simulator.port,
+            mqtt_host="127.0.0.1",
+            mqtt_port=gate.port,
+            mqtt_protocol="3.1.1",
+            device_id=device_id,
+            spool_path=str(tmp_path / "spool.db"),
+        )
+        bridge = Bridge(settings)
+        bridge.start()
+        for round_ in range(3):
+            result = strict_json(watcher.next(20, topic=topics.result).payload)
+            assert isinstance(result, dict)
+            check_refused(b"accept (retained)", result, ("retain",), "stale")
+            gate.close()
+            wait_until(lambda: not bridge.mqtt.is_connected, f"disconnection {round_}")
+            gate.open()
+        assert simulator.commands.empty()
+    finally:
+        if bridge is not None:
+            bridge.stop(timeout=1.0)
+        watcher.publish(topics.command, b"", retain=True)
+        watcher.close()
+        gate.close()
+    logged = [r for r in caplog.records if "retained command refused" in r.getMessage()]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
 
 
 def test_retained_command_refusal_echoes_its_transaction_with_mqtt_311(

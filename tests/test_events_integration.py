@@ -51,6 +51,99 @@ def test_event_published_compact_unretained_with_metadata(
     assert "late" not in message.properties
 
 
+def until(sub: Subscriber, topic: str) -> list[Received]:
+    """Every message up to and including the next one on ``topic``."""
+    seen = [sub.next()]
+    while seen[-1].topic != topic:
+        seen.append(sub.next())
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("settings", "live"),
+    [
+        ({}, True),  # Home Assistant discovery is on by default, and reads bridge/live
+        ({"ha_discovery": False}, False),
+        ({"ha_discovery": False, "live_topic": True}, True),
+    ],
+)
+def test_timely_events_also_go_to_bridge_live_while_it_is_on(
+    start_online: StartOnline, simulator: Simulator, settings: dict[str, object], live: bool
+) -> None:
+    bridge, sub = start_online(**settings)
+    first, second = tagged(simulator, 1), tagged(simulator, 2)
+    simulator.emit(first)
+    seen = until(sub, bridge.topics.event)
+    simulator.emit(second)
+    # One connection keeps the order: first's live copy, if any, comes before second's event.
+    seen += until(sub, bridge.topics.event)
+    on_live = [m for m in seen if m.topic == bridge.topics.live]
+    if not live:
+        assert on_live == []
+        return
+    assert [m.payload for m in on_live[:1]] == [compact(first)]
+    event = next(m for m in seen if m.topic == bridge.topics.event)
+    assert on_live[0].properties == event.properties  # the same seq and received_at
+    assert on_live[0].qos == 1
+    assert not on_live[0].retain
+
+
+def test_an_event_older_than_the_live_age_limit_stays_off_bridge_live(
+    start_online: StartOnline, simulator: Simulator
+) -> None:
+    bridge, sub = start_online(live_max_age=0.000001)  # no event is ever that fresh
+    simulator.emit(tagged(simulator, 1))
+    seen = until(sub, bridge.topics.event)
+    simulator.emit(tagged(simulator, 2))
+    seen += until(sub, bridge.topics.event)
+    assert [m for m in seen if m.topic == bridge.topics.live] == []
+
+
+def test_status_online_comes_before_the_first_event_of_a_new_reader_link(
+    start_online: StartOnline, simulator: Simulator
+) -> None:
+    """Issue 10: an event read in the first 0.5 s of a link overtook the status, and an
+    automation that ignores transitions from "unavailable" missed that card."""
+    bridge, sub = start_online()
+    for round_ in range(5):
+        simulator.drop_client()
+        sub.wait_for(lambda m: m.topic == bridge.topics.status and m.json() == OFFLINE)
+        assert simulator.wait_client()
+        event = tagged(simulator, round_)
+        simulator.emit(event)  # at once: inside the link's first half second
+        seen = until(sub, bridge.topics.event)
+        statuses = [m.json() for m in seen if m.topic == bridge.topics.status]
+        assert statuses == [ONLINE], (round_, statuses)
+        assert seen[-1].payload == compact(event)
+
+
+BURST = 30_000
+
+
+@pytest.mark.slow
+def test_a_burst_faster_than_the_broker_loses_nothing_while_it_is_connected(
+    start_online: StartOnline, simulator: Simulator, subscribe: Subscribe
+) -> None:
+    """Issue 10: with the broker up, a 30,000-event burst at full speed lost 25,463 events
+    to a count bound; the spool absorbs it now and drains it at the broker's pace."""
+    bridge, _ = start_online()
+    sub = subscribe(bridge.topics.event)
+    blob = b"".join(
+        compact({"Interface": "13.56", "TagId": f"04{n:012X}", "Uptime": "1:1.000"}) + b"\r\n"
+        for n in range(BURST)
+    )
+    simulator.send_raw(blob)  # one write: as fast as a socket goes
+    received = sub.take(BURST, bridge.topics.event, timeout=180)
+    tags = [json.loads(m.payload)["TagId"] for m in received]
+    assert tags == [f"04{n:012X}" for n in range(BURST)]  # every one, once, in order
+    seqs = [int(m.properties["seq"]) for m in received]
+    assert seqs == list(range(seqs[0], seqs[0] + BURST))
+    assert not any("late" in m.properties for m in received)  # the broker never left
+    # Those that queued behind the burst for over a second say how long they waited.
+    assert all(int(m.properties.get("age_ms", 1001)) > 1000 for m in received)
+    assert bridge.mqtt.dropped == {"size": 0, "age": 0}
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
