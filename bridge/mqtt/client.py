@@ -80,9 +80,11 @@ class Client(paho.Client):
         for nearly every event. paho builds a ReasonCode and a Properties object for each
         (~30 % of the bridge's CPU at full load, issue 5 profile); here every such
         acknowledgement shares one of each (``on_publish`` only reads them). Anything else
-        - a refusal, properties, PUBCOMP - goes through paho's own code. paho 2.1 and 2.2
-        share the internals used here; tests/test_client.py checks both ways agree on the
-        installed paho."""
+        - a refusal, properties, PUBCOMP - goes through paho's own code, and so does every
+        PUBACK once this path has raised (a paho release that changed what it relies on).
+        tests/test_client.py checks both ways agree on the installed paho; they agree on
+        2.2 and not on 2.1 (whose own path handles PUBACKs differently), hence the pin to
+        paho-mqtt 2.2.x in pyproject.toml."""
         if self._fast_puback:
             try:
                 return self._short_puback(cmd)
