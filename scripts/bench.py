@@ -118,6 +118,8 @@ KEEP_UP: Final = 0.5
 """Sustained rate: seconds the last event may arrive after its write (a path that falls
 behind by more than 5 % over 10 s does not hold the rate)."""
 MILLION: Final = 1_000_000
+BURST: Final = 30_000
+"""Events of the burst phase (issue 10: a burst this size lost 25,463 events to a count bound)."""
 
 # One event: an NFC read as the reader sends it, plus BenchT (its write time).
 _HEAD: Final = b'{"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"'
@@ -767,6 +769,7 @@ class Plan:
     million_events: int  # 0 = skipped
     warmup_events: int
     search_steps: int = 5  # paced steps of the throughput search, at most
+    burst_events: int = BURST  # written at once with the broker up; 0 = skipped
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -779,6 +782,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             million_events=MILLION,
             warmup_events=min(1000, max(100, int(200 * s))),
             search_steps=3,
+            burst_events=min(BURST, max(1000, int(3000 * s))),
         )
     elif args.quick:
         plan = Plan(((10, 10), (200, 5), (2000, 5)), 5, 50, MILLION, 1000, search_steps=3)
@@ -788,6 +792,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = dataclasses.replace(plan, million_events=args.million_events)
     if args.skip_million:
         plan = dataclasses.replace(plan, million_events=0)
+    if args.burst is not None:
+        plan = dataclasses.replace(plan, burst_events=args.burst)
     return plan
 
 
@@ -1202,6 +1208,32 @@ class Bench:
         self.phases.append(result)
         self.say(f"commands {sut.name}: {result['latency_ms']}, missing {missing}")
 
+    def burst_phase(self, sut: Sut) -> None:
+        """The whole burst written as fast as the path reads it, the broker up all along:
+        every event must arrive (the bridge's spool absorbs what the broker takes slower).
+        Delivered-in runs from the first write to the last event received."""
+        count = self.plan.burst_events
+        phase = self.new_phase("burst", sut, count)
+        meter = Meter([sut], self.broker, self.suts)
+        start_ns = time.time_ns()
+        while phase.sent < count:
+            self.write(sut, phase, min(MAX_BATCH, count - phase.sent))
+        written = (phase.last_write_ns - start_ns) / 1e9
+        self.drain(phase, quiet=10.0, limit=300.0)
+        self.end_phase(phase)
+        took = max(1e-9, (phase.last_receive_ns - start_ns) / 1e9)
+        self.summary(
+            phase,
+            meter.read(),
+            written_in_s=round(written, 2),
+            delivered_in_s=round(took, 2),
+            events_per_s=round(phase.received / took),
+        )
+        self.say(
+            f"burst of {count:,} {sut.name}: written in {written:.2f} s, delivered in "
+            f"{took:.2f} s, lost {phase.lost()}"
+        )
+
     def million_phase(self, sut: Sut) -> dict[str, Any]:
         events = self.plan.million_events
         warm = min(100_000, events // 10)
@@ -1264,6 +1296,9 @@ class Bench:
         # because their open-loop checks may overload a path: the bridge then drops the
         # oldest events (bounded outbox), the bare path queues them in paho's memory.
         steady: dict[str, int] = {kind: self.sut(kind, 1).stat.hwm_kb() for kind in KINDS}
+        if self.plan.burst_events:  # after the steady peak: the bare path's queue grows here
+            for kind in KINDS:
+                self.burst_phase(self.sut(kind, 1))
         for qos in (1, 0):
             for kind in KINDS:
                 self.throughput_phase(self.sut(kind, qos))
@@ -1368,6 +1403,20 @@ class Bench:
             "%",
             {p: million[p]["rss_growth_pct"] if million else None for p in ("bridge", "baseline")},
         )
+        if self.plan.burst_events:
+            burst = {path: find("burst", path) for path in KINDS}
+            add(
+                "burst_lost",
+                f"burst of {self.plan.burst_events:,} at full speed, broker up: events lost",
+                "events",
+                {path: burst[path]["lost"] for path in KINDS},
+            )
+            add(
+                "burst_delivered_s",
+                f"burst of {self.plan.burst_events:,}: first write to last event received",
+                "s",
+                {path: burst[path]["delivered_in_s"] for path in KINDS},
+            )
         add(
             "events_lost",
             "events lost, except steps that did not hold",
@@ -1487,6 +1536,7 @@ def targets(metrics: dict[str, dict[str, Any]]) -> None:
         ("rss_after_million_mb", "< 40 MB", "bridge", lambda v: v < 40),
         ("rss_growth_million_pct", "< 5 %", "bridge", lambda v: v < 5),
         ("events_lost", "0", "bridge", lambda v: v == 0),
+        ("burst_lost", "0", "bridge", lambda v: v == 0),
     ]
     for key, text, column, ok in checks:
         metric = metrics.get(key)
@@ -1595,6 +1645,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="every phase this long (overrides --quick)")
     parser.add_argument("--skip-million", action="store_true", help="no 1,000,000-event run")
     parser.add_argument("--million-events", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--burst", type=int, help=f"events of the burst phase (default {BURST:,})")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")

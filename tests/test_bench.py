@@ -34,6 +34,8 @@ MEASURED = LATENCY | {
     "peak_rss_with_probes_mb",
     "events_lost",
     "events_lost_overload",
+    "burst_lost",
+    "burst_delivered_s",
 }
 MILLION = {"rss_after_million_mb", "rss_growth_million_pct"}
 
@@ -70,8 +72,9 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
             value = metrics[key][path]
             assert isinstance(value, int | float), (key, path, value)
             assert value >= 0, (key, path, value)
-        if not key.startswith("events_lost"):
+        if not key.endswith("_lost") and not key.startswith("events_lost"):
             assert metrics[key]["ratio"] > 0, key
+    assert metrics["burst_lost"]["bridge"] == 0  # the spool absorbs a burst (issue 10)
     for key in MILLION:  # skipped: present, without a value
         assert metrics[key]["bridge"] is None
         assert metrics[key]["baseline"] is None
@@ -80,7 +83,7 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
         assert metrics[key]["target"]
         assert isinstance(metrics[key]["met"], bool)
     paths = {(phase["phase"], phase["path"]) for phase in report["phases"]}
-    for phase in ("latency 10/s", "latency 200/s", "latency 2000/s", "commands"):
+    for phase in ("latency 10/s", "latency 200/s", "latency 2000/s", "commands", "burst"):
         assert {(phase, "bridge"), (phase, "baseline")} <= paths
 
 
