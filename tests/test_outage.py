@@ -31,10 +31,18 @@ from bridge.config import MB, load_settings
 from bridge.delivery import WINDOW
 from bridge.outbox import SPOOL_ROW_OVERHEAD
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, reaped, wait_until
+from tests.support import (
+    Broker,
+    Subscriber,
+    bridge_command,
+    bridge_env,
+    free_port,
+    reaped,
+    wait_until,
+)
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
-    from tests.support import Broker, Received, Subscriber
+    from tests.support import Received
 
 pytestmark = pytest.mark.integration
 
@@ -428,6 +436,66 @@ def test_full_outbox_drops_older_events_never_newer_ones(
     delivered = sub.take(flown + waiting, bridge.topics.event)
     expected = sent[:flown] + sent[len(sent) - waiting :]
     assert [m.payload for m in delivered] == [data.rstrip(b"\r\n") for data in expected]
+
+
+@pytest.mark.slow
+def test_no_more_events_in_flight_than_the_brokers_receive_maximum(
+    tmp_path: Path, simulator: Simulator, device_id: str, subscribe
+):
+    """MQTT 5 3.3.4: a broker that takes 5 QoS 1 messages at a time (Mosquitto's
+    max_inflight_messages, sent as Receive Maximum) gets no sixth until one is acknowledged."""
+    (tmp_path / "strict").mkdir()
+    strict = Broker(tmp_path / "strict", max_inflight=5).start()
+    gate = Gate(strict)
+    gate.open()
+    settings = load_settings(
+        env_file=None,
+        reader_host="127.0.0.1",
+        reader_port=simulator.port,
+        mqtt_host="127.0.0.1",
+        mqtt_port=gate.port,
+        device_id=device_id,
+        ha_discovery=False,  # no bridge/live copies: one message per event
+        spool_path=str(tmp_path / "spool.db"),
+    )
+    bridge = Bridge(settings)
+    bridge.start()
+    try:
+        status = Subscriber(strict.port, bridge.topics.status)
+        status.wait_for(lambda m: m.json() == {"State": "online,ready"})
+        status.close()
+        gate.stall()
+        sent = [emit_and_wait_read(bridge, simulator, index) for index in range(12)]
+        wait_until(lambda: gate.has_seen(tag(4).encode()), "five events in flight")
+        wait_until(lambda: bridge.mqtt.backlog == 12, "every event held")
+        assert [gate.has_seen(tag(i).encode()) for i in range(12)] == [True] * 5 + [False] * 7
+        gate.resume()
+        wait_until(lambda: bridge.mqtt.backlog == 0, "the backlog to drain")
+        assert bridge.mqtt.counters.published == len(sent)
+    finally:
+        bridge.stop(timeout=1.0)
+        gate.close()
+        strict.stop()
+
+
+@pytest.mark.slow
+def test_a_broker_that_stops_answering_is_reported_once_in_words(
+    gate: Gate, gated_bridge, subscribe, caplog
+):
+    """paho reports a keepalive timeout through on_disconnect twice; one line must say what
+    happened, and the second call must not read as a refused connection attempt."""
+    gate.open()
+    bridge = gated_bridge(mqtt_keepalive=5)
+    subscribe(bridge.topics.status).wait_for(lambda m: m.json() == {"State": "online,ready"})
+    gate.stall()  # the connection stays up and carries nothing: no PINGRESP comes back
+    wait_until(lambda: not bridge.mqtt.is_connected, "the keepalive timeout", timeout=30)
+    gate.resume()
+    assert bridge.mqtt.wait_connected(30)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.mqtt.watch"]
+    lost = [line for line in lines if line.startswith("lost the broker")]
+    assert len(lost) == 1, lines
+    assert "no answer from the broker within 1.5-2 x BRIDGE_MQTT_KEEPALIVE (5 s)" in lost[0]
+    assert not [line for line in lines if "before accepting it" in line], lines
 
 
 @pytest.mark.slow

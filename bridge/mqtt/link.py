@@ -45,7 +45,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge import logs
-from bridge.delivery import Delivery
+from bridge.delivery import WINDOW, Delivery
 from bridge.discovery import Discovery
 from bridge.loops import watched_thread
 from bridge.mqtt.client import (
@@ -148,6 +148,7 @@ class MqttLink:
         self._cond = threading.Condition()  # never held around publish(): callbacks take it
         self._state = _Shared()
         self._stopping = False
+        self._socket_opened = False  # since the last on_disconnect (paho's thread only)
         self._connects = 0
         self._watch = ConnectionWatch(options, topics.device_id)
         self._client = self._make_client()
@@ -567,12 +568,17 @@ class MqttLink:
                 state.backlog = True  # the outbox may hold events from before
                 self._connects += 1
                 self._cond.notify_all()
+            # MQTT 5 3.3.4: no more QoS 1 messages in flight than the broker's Receive
+            # Maximum (Mosquitto's max_inflight_messages); paho itself ignores it.
+            receive_maximum = getattr(properties, "ReceiveMaximum", None)
+            self._delivery.window = min(WINDOW, receive_maximum or WINDOW)
             self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
             self._watch.connected()
         except Exception:
             log.exception("on_connect failed")
 
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
+        self._socket_opened = True  # a connection attempt got as far as TCP (and TLS)
         # Without TCP_NODELAY, Nagle and delayed ACKs add ~40-90 ms to every small publish.
         try:
             if isinstance(sock, socket.socket):
@@ -600,8 +606,9 @@ class MqttLink:
                 self._state.connected = False
                 lasted = time.time() - self._state.connected_since
                 self._cond.notify_all()
-            if self._stopping:
-                return
+            opened, self._socket_opened = self._socket_opened, False
+            if self._stopping or not (was_connected or opened):
+                return  # paho says it twice after a keepalive timeout (PAHO.md 9)
             delay = self._watch.disconnected(
                 reason_code, was_connected, lasted, flags.is_disconnect_packet_from_server
             )

@@ -122,8 +122,8 @@ class ConnectionWatch:
             return f"the broker closed the session ({reason_code}): {hint}"
         if reason_code.value == _KEEPALIVE_TIMEOUT:
             return (
-                f"no answer from the broker for 1.5 x BRIDGE_MQTT_KEEPALIVE "
-                f"({1.5 * self.options.keepalive:g} s): the broker or the network path hangs"
+                "no answer from the broker within 1.5-2 x BRIDGE_MQTT_KEEPALIVE "
+                f"({self.options.keepalive} s): the broker or the network path hangs"
             )
         return (
             "the connection closed without a word from the broker (it stopped or restarted, "
