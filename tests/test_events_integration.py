@@ -471,7 +471,7 @@ def test_burst_through_a_broker_with_default_flow_control(
     make_bridge: MakeBridge, simulator: Simulator, tmp_path: Path
 ):
     """With Mosquitto's default flow control (max_inflight_messages 20, announced as its
-    Receive Maximum) and the bridge's window of 100, a burst arrives whole, in order, and
+    Receive Maximum, which caps the bridge's window), a burst arrives whole, in order, and
     the broker neither refuses nor complains (Mosquitto 2.0 enforces the quota for QoS 2
     only, but logs a client that exceeds it)."""
     workdir = tmp_path / "default-broker"
