@@ -37,7 +37,7 @@ The figures, each for the bridge and for the bare path:
   half a period (50 ms) apart so they never overlap; the other rates run one path at a time;
 * throughput (QoS 0 and QoS 1), measured last (see below). *Saturation*: closed loop for
   ``--seconds`` (10 s in the full run) - the reader double keeps at most 2,000 events written
-  and not yet received (below the bridge's outbox of 10,000), as fast as they are taken; what
+  and not yet received, as fast as they are taken; what
   arrived within that time divided by it. *Maximum sustained*: the highest paced (open loop)
   rate that holds for the same time with zero loss, the last event arriving within 0.5 s of
   its write and the reader double never held back. Searched from 90 % of saturation, 15 %
@@ -52,9 +52,12 @@ The figures, each for the bridge and for the bare path:
   events/s phase, and of the QoS 1 saturation phase;
 * RSS (``VmRSS``) before and after 1,000,000 events (closed loop, as fast as the path goes,
   after 100,000 warm-up events), and the peak (``VmHWM``) of the process up to then. The
-  throughput steps that do not hold overload a path - the bridge then drops the oldest events
-  beyond its outbox, the bare path grows paho's queue without bound - so they run last, and
-  their losses and the peak RSS including them are reported apart.
+  throughput steps that do not hold overload a path - the bridge then holds the excess in its
+  spool (on disk, up to BRIDGE_SPOOL_MAX_MB), the bare path grows paho's queue without bound -
+  so they run last, and their losses and the peak RSS including them are reported apart;
+* a burst of 30,000 events (``--burst N``) written as fast as each path reads, the broker up
+  all along: events lost (the target is 0) and the time from the first write to the last
+  event received. It runs after the steady peak RSS is taken, before the throughput phases.
 
 Next to each phase it records the context switches of the system under test (all threads)
 and the CPU used by the broker, by this process and by every other process on the machine
@@ -111,7 +114,7 @@ COMMAND: Final = b'{"Sequence":"60"}'
 CPUS: Final = os.cpu_count() or 1
 
 WINDOW: Final = 2000
-"""Closed loop: events written and not yet received, at most (the bridge's outbox holds 10,000)."""
+"""Closed loop: events written and not yet received, at most."""
 MAX_BATCH: Final = 500
 """Events in one write of the reader double, at most."""
 KEEP_UP: Final = 0.5
@@ -1293,8 +1296,8 @@ class Bench:
             for kind in KINDS:
                 million[kind] = self.million_phase(self.sut(kind, 1))
         # Peak RSS so far: every load within capacity. The throughput phases come last
-        # because their open-loop checks may overload a path: the bridge then drops the
-        # oldest events (bounded outbox), the bare path queues them in paho's memory.
+        # because their open-loop checks may overload a path: the bridge then spools the
+        # excess, the bare path queues it in paho's memory.
         steady: dict[str, int] = {kind: self.sut(kind, 1).stat.hwm_kb() for kind in KINDS}
         if self.plan.burst_events:  # after the steady peak: the bare path's queue grows here
             for kind in KINDS:
