@@ -31,6 +31,7 @@ from bridge.options import (
     ReaderOptions,
     Secret,
 )
+from bridge.tls import client_context
 from bridge.topics import Identity, Topics
 
 # The option values live in bridge.options, which the runner loads without pydantic; they are
@@ -282,9 +283,10 @@ class Settings(BaseSettings):
         return Secret(text.rstrip("\r\n"))
 
     def check_run(self) -> None:
-        """Raise :class:`ConfigError` listing every problem that stops ``run``."""
+        """Raise :class:`ConfigError` listing every problem that stops ``run`` (and ``check``),
+        the TLS files included: each is loaded as the connection will load it."""
         lines: list[str] = []
-        for build in (self.reader, self.mqtt, self.commands):
+        for build in (self.reader, self._tls_context, self.commands):
             try:
                 build()
             except ConfigError as exc:
@@ -299,6 +301,12 @@ class Settings(BaseSettings):
             lines.append("BRIDGE_COMMAND_FIELDS: empty; name at least one command field")
         if lines:
             raise ConfigError(lines)
+
+    def _tls_context(self) -> None:
+        """Build the MQTT options and, with TLS on, their TLS context (then dropped)."""
+        options = self.mqtt()
+        if options.tls:
+            client_context(options)
 
     def bridge_options(self) -> BridgeOptions:
         """Everything ``run`` needs, checked first by :meth:`check_run` (its ConfigError)."""
