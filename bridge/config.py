@@ -80,7 +80,9 @@ class Settings(BaseSettings):
 
     # Each description is the field's comment in config.example.env, in one line: the flags'
     # --help shows it with the default.
-    reader_host: str | None = Field(None, description="reader IP address or host name")
+    reader_host: str | None = Field(
+        None, description="reader IP address or host name; required by run and check"
+    )
     reader_port: int = Field(4000, ge=1, le=65535, description="reader TCP port")
     reader_connect_timeout: float = Field(
         5.0, gt=0, le=120, description="seconds one connection attempt to the reader may take"

@@ -21,6 +21,7 @@ from bridge.config import (
     load_run_settings,
     load_settings,
 )
+from bridge.environment import env_file_to_read, unknown_variables
 from tests.support import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -349,6 +350,46 @@ def test_every_setting_has_a_one_line_description():
         name for name, info in Settings.model_fields.items() if "\n" in str(info.description)
     ]
     assert multi_line == []
+
+
+# -- unknown variables ----------------------------------------------------------------------
+
+
+def test_unknown_names_in_environment_and_file_get_a_hint_each(tmp_path: Path):
+    env_file = tmp_path / "bridge.env"
+    env_file.write_text("BRIDGE_OUTBOX_SIZE=10\nBRIDGE_READER_PORT=4000\nOTHER=1\n")
+    environ = {
+        "BRIDGE_READER_KEEPALIVEE": "10",
+        "bridge_reader_host": "10.0.0.1",  # pydantic-settings reads names in any case
+        "BRIDGE_ZZZ": "1",
+        "PATH": "/bin",
+    }
+    lines = unknown_variables(environ, env_file)
+    assert len(lines) == 3, lines
+    keepalive, zzz, outbox = lines
+    assert keepalive.startswith("BRIDGE_READER_KEEPALIVEE (in the environment)")
+    assert keepalive.endswith("did you mean BRIDGE_READER_KEEPALIVE?")
+    assert zzz.startswith("BRIDGE_ZZZ (in the environment) is ignored")
+    assert "did you mean" not in zzz
+    assert outbox.startswith(f"BRIDGE_OUTBOX_SIZE (in {env_file})")
+    assert "BRIDGE_SPOOL_MAX_MB" in outbox
+
+
+def test_no_warning_when_every_name_is_a_setting():
+    assert unknown_variables(dict.fromkeys(env_names(), "x"), None) == []
+
+
+def test_explicit_env_file_must_exist_the_default_need_not(clean_env: Path):
+    assert env_file_to_read(None) is None
+    (clean_env / ".env").write_text("BRIDGE_READER_PORT=4000\n")
+    assert env_file_to_read(None) == Path(".env")
+    assert env_file_to_read(".env") == Path(".env")  # named explicitly, and there
+    with pytest.raises(ConfigError) as caught:
+        env_file_to_read("missing.env")
+    (line,) = caught.value.lines
+    assert line.startswith("--env-file: missing.env ")
+    with pytest.raises(ConfigError):
+        env_file_to_read(str(clean_env))  # a directory
 
 
 # -- structure ------------------------------------------------------------------------------
