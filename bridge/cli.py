@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic.fields import FieldInfo
@@ -204,16 +204,31 @@ def remove_discovery(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Settings (exit 2), then one line per link; 0 only when every check passed."""
-    from bridge.probe import check_broker, check_reader  # noqa: PLC0415 - paho only here
+    """Settings (exit 2), then one line per link, the spool and the HTTP port; 0 only when
+    every check passed."""
+    from bridge.probe import (  # noqa: PLC0415 - paho only here
+        CheckResult,
+        check_broker,
+        check_listener,
+        check_reader,
+        check_spool_path,
+    )
 
     settings = _settings(args)
     settings.check_run()
-    reader = check_reader(settings.reader())
-    print(reader.line(), flush=True)
-    broker = check_broker(settings.mqtt())
-    print(broker.line(), flush=True)
-    return 0 if reader.ok and broker.ok else 1
+    http = settings.http()
+    probes: list[Callable[[], CheckResult]] = [
+        lambda: check_reader(settings.reader()),
+        lambda: check_broker(settings.mqtt()),
+        lambda: check_spool_path(settings.outbox()),
+        *([lambda: check_listener(http)] if http else []),
+    ]
+    failed = 0
+    for probe in probes:
+        result = probe()
+        print(result.line(), flush=True)  # one by one: the reader and broker take a while
+        failed += not result.ok
+    return 1 if failed else 0
 
 
 def run_health(args: argparse.Namespace) -> int:
