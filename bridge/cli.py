@@ -181,7 +181,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def remove_discovery(args: argparse.Namespace) -> int:
-    """Publish empty retained configs: Home Assistant removes the entities and the device."""
+    """Publish empty retained configs: Home Assistant removes the entities and the device.
+    With ``--all``, the reader's retained ``meta`` and ``status`` are cleared too."""
     from bridge.discovery import Discovery  # noqa: PLC0415 - paho only where needed
     from bridge.mqtt import publish_once  # noqa: PLC0415
 
@@ -190,7 +191,9 @@ def remove_discovery(args: argparse.Namespace) -> int:
     if not (settings.device_id or settings.reader_host):
         raise ConfigError(["BRIDGE_DEVICE_ID: required (or BRIDGE_READER_HOST to derive it)"])
     discovery = Discovery(settings.ha_discovery_prefix, settings.topics(), settings.identity())
-    failure = publish_once(settings.mqtt(), discovery.removals())
+    topics = settings.topics()
+    clearings = [(topics.meta, b""), (topics.status, b"")] if args.all else []
+    failure = publish_once(settings.mqtt(), discovery.removals() + clearings)
     if failure:
         print(
             f"springcore-bridge: could not remove the discovery entries: {failure}", file=sys.stderr
@@ -198,6 +201,9 @@ def remove_discovery(args: argparse.Namespace) -> int:
         return 1
     count = len(discovery.removals())
     print(f"removed {count} discovery entries of {discovery.node} under {discovery.prefix}/")
+    if args.all:
+        print(f"cleared the retained meta and status of {topics.base}")
+        print("a bridge still running for this reader publishes them again when it reconnects")
     if settings.ha_discovery:
         print("set BRIDGE_HA_DISCOVERY=false, or the bridge announces them again when it starts")
     return 0
