@@ -31,7 +31,8 @@ def env_file_to_read(given: str | None) -> Path | None:
         return None  # the default file is optional
     fix = "give an existing settings file, or leave --env-file out to read ./.env if any"
     if not path.is_file():
-        raise ConfigError([f"--env-file: {path} is not a file: {fix}"])
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError([f"--env-file: {path} {what}: {fix}"])
     try:
         with path.open("rb"):
             pass
