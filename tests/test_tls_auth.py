@@ -244,6 +244,21 @@ def test_tls_with_a_client_certificate_publishes_events(kit: Kit):
     # Without the certificate, the same bridge is turned away: see "no-client-certificate".
 
 
+def test_tls_insecure_connects_to_an_untrusted_broker_and_warns(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+):
+    port = kit.brokers.foreign.port  # its certificate comes from a CA the bridge is not given
+    watcher = kit.watch(port, host="localhost", ca=kit.certs.other_ca)
+    bridge = kit.bridge(
+        mqtt_tls=True, mqtt_tls_insecure=True, mqtt_host="127.0.0.1", mqtt_port=port
+    )
+    kit.event_arrives(bridge, watcher)
+    assert any(
+        record.levelno == logging.WARNING and "BRIDGE_MQTT_TLS_INSECURE" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 @pytest.mark.parametrize("source", ["password", "password-file"])
 def test_user_name_and_password_publish_events(kit: Kit, source: str, protocol: str):
