@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic.fields import FieldInfo
 
 from bridge import __version__, logs
-from bridge.config import ConfigError, Settings, load_run_settings, load_settings
+from bridge.config import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    ConfigError,
+    Settings,
+    load_run_settings,
+    load_settings,
+)
+from bridge.environment import env_file_to_read, unknown_variables
 from bridge.runner import (
     exec_runner,
     hold_stop_signals,
@@ -27,15 +40,44 @@ from bridge.runner import (
 )
 from bridge.simulator import PROFILES, SEPARATORS, Simulator
 
+log = logging.getLogger("bridge")
+
+
+ENV_FILE_HELP = (
+    "settings file (default: .env in the working directory, if there is one; "
+    "a file named here must exist)"
+)
+
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (each also BRIDGE_<NAME> in the environment)")
+    parser.add_argument("--env-file", default=None, metavar="PATH", help=ENV_FILE_HELP)
+    group = parser.add_argument_group(
+        "settings (each also BRIDGE_<NAME> in the environment or the settings file)"
+    )
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        meaning = _flag_help(name, info).replace("%", "%%")  # argparse %-formats help
         if info.annotation is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=meaning
+            )
         else:
-            group.add_argument(flag, dest=name, metavar="VALUE", default=None)
+            group.add_argument(flag, dest=name, metavar="VALUE", default=None, help=meaning)
+
+
+def _flag_help(name: str, info: FieldInfo) -> str:
+    """``reader TCP port (default: 4000; BRIDGE_READER_PORT)``; a secret shows no value."""
+    variable = ENV_PREFIX + name.upper()
+    if name in SECRET_FIELDS:
+        return f"{info.description} ({variable})"
+    default = info.default
+    if default is None:
+        shown = "unset"
+    elif isinstance(default, bool):
+        shown = str(default).lower()  # as config.example.env writes it
+    else:
+        shown = str(default)
+    return f"{info.description} (default: {shown}; {variable})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the bridge (the default)")
-    run.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     run.add_argument(
         "--simulate",
         action="store_true",
@@ -56,17 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     remove = sub.add_parser(
         "ha-remove", help="remove this reader's Home Assistant discovery entries, then exit"
     )
-    remove.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    remove.add_argument(
+        "--all",
+        action="store_true",
+        help="also clear the reader's retained meta and status topics (to decommission it)",
+    )
     _add_setting_flags(remove)
     check = sub.add_parser(
-        "check", help="check the settings, then that the reader and the broker can be reached"
+        "check",
+        help="check the settings, then the reader, the broker, the spool and the HTTP port",
     )
-    check.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     _add_setting_flags(check)
     health = sub.add_parser(
         "health", help="ask a running bridge's HTTP listener whether it is healthy (exit 0/1)"
     )
-    health.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     health.add_argument(
         "--ready", action="store_true", help="ask /readyz (broker and reader connected) instead"
     )
@@ -91,13 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(
     args: argparse.Namespace, extra: dict[str, object] | None = None, *, for_run: bool = True
 ) -> Settings:
-    """The settings of a subcommand (flags over environment over file); logging set up."""
+    """The settings of a subcommand (flags over environment over file); logging set up, then
+    one WARNING per BRIDGE_ variable that no setting reads, good settings or bad."""
+    env_file = env_file_to_read(args.env_file)
     overrides: dict[str, object] = {name: getattr(args, name) for name in Settings.model_fields}
     overrides.update(extra or {})
     load = load_run_settings if for_run else load_settings
-    settings = load(env_file=args.env_file, **overrides)
+    try:
+        settings = load(env_file=env_file, **overrides)
+    except ConfigError:
+        logs.configure("INFO", "text")
+        _warn_unknown(env_file)  # a mistyped name often explains the problem
+        raise
     logs.configure(settings.log_level, settings.log_format)
+    _warn_unknown(env_file)
     return settings
+
+
+def _warn_unknown(env_file: Path | None) -> None:
+    for line in unknown_variables(os.environ, env_file):
+        log.warning("%s", line)
 
 
 def run_bridge(args: argparse.Namespace) -> int:
@@ -124,7 +181,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def remove_discovery(args: argparse.Namespace) -> int:
-    """Publish empty retained configs: Home Assistant removes the entities and the device."""
+    """Publish empty retained configs: Home Assistant removes the entities and the device.
+    With ``--all``, the reader's retained ``meta`` and ``status`` are cleared too."""
     from bridge.discovery import Discovery  # noqa: PLC0415 - paho only where needed
     from bridge.mqtt import publish_once  # noqa: PLC0415
 
@@ -133,7 +191,9 @@ def remove_discovery(args: argparse.Namespace) -> int:
     if not (settings.device_id or settings.reader_host):
         raise ConfigError(["BRIDGE_DEVICE_ID: required (or BRIDGE_READER_HOST to derive it)"])
     discovery = Discovery(settings.ha_discovery_prefix, settings.topics(), settings.identity())
-    failure = publish_once(settings.mqtt(), discovery.removals())
+    topics = settings.topics()
+    clearings = [(topics.meta, b""), (topics.status, b"")] if args.all else []
+    failure = publish_once(settings.mqtt(), discovery.removals() + clearings)
     if failure:
         print(
             f"springcore-bridge: could not remove the discovery entries: {failure}", file=sys.stderr
@@ -141,31 +201,48 @@ def remove_discovery(args: argparse.Namespace) -> int:
         return 1
     count = len(discovery.removals())
     print(f"removed {count} discovery entries of {discovery.node} under {discovery.prefix}/")
+    if args.all:
+        print(f"cleared the retained meta and status of {topics.base}")
+        print("a bridge still running for this reader publishes them again when it reconnects")
     if settings.ha_discovery:
         print("set BRIDGE_HA_DISCOVERY=false, or the bridge announces them again when it starts")
     return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Settings (exit 2), then one line per link; 0 only when every check passed."""
-    from bridge.probe import check_broker, check_reader  # noqa: PLC0415 - paho only here
+    """Settings (exit 2), then one line per link, the spool and the HTTP port; 0 only when
+    every check passed."""
+    from bridge.probe import (  # noqa: PLC0415 - paho only here
+        CheckResult,
+        check_broker,
+        check_listener,
+        check_reader,
+        check_spool_path,
+    )
 
     settings = _settings(args)
     settings.check_run()
-    reader = check_reader(settings.reader())
-    print(reader.line(), flush=True)
-    broker = check_broker(settings.mqtt())
-    print(broker.line(), flush=True)
-    return 0 if reader.ok and broker.ok else 1
+    http = settings.http()
+    probes: list[Callable[[], CheckResult]] = [
+        lambda: check_reader(settings.reader()),
+        lambda: check_broker(settings.mqtt()),
+        lambda: check_spool_path(settings.outbox()),
+        *([lambda: check_listener(http)] if http else []),
+    ]
+    failed = 0
+    for probe in probes:
+        result = probe()
+        print(result.line(), flush=True)  # one by one: the reader and broker take a while
+        failed += not result.ok
+    return 1 if failed else 0
 
 
 def run_health(args: argparse.Namespace) -> int:
     """For the container HEALTHCHECK: 0 when the listener answers 200, else 1 and why."""
     from bridge.probe import check_health  # noqa: PLC0415 - keeps this frequent probe light
 
-    overrides = {name: getattr(args, name) for name in Settings.model_fields}
     try:
-        options = load_settings(env_file=args.env_file, **overrides).http()
+        options = _settings(args, for_run=False).http()
     except ConfigError as exc:  # not 2: Docker reserves it; a HEALTHCHECK answers 0 or 1
         print(f"springcore-bridge health: {'; '.join(exc.lines)}")
         return 1

@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bridge.address import host_problem
 from bridge.commands import FIELDS
 from bridge.discovery import Discovery
 from bridge.options import (
@@ -31,6 +32,7 @@ from bridge.options import (
     ReaderOptions,
     Secret,
 )
+from bridge.tls import client_context
 from bridge.topics import Identity, Topics
 
 # The option values live in bridge.options, which the runner loads without pydantic; they are
@@ -76,54 +78,146 @@ class Settings(BaseSettings):
         env_ignore_empty=True,  # BRIDGE_X= (as in config.example.env) means "not set"
     )
 
-    reader_host: str | None = Field(None, description="reader IP address or host name")
+    # Each description is the field's comment in config.example.env, in one line: the flags'
+    # --help shows it with the default.
+    reader_host: str | None = Field(
+        None, description="reader IP address or host name; required by run and check"
+    )
     reader_port: int = Field(4000, ge=1, le=65535, description="reader TCP port")
-    reader_connect_timeout: float = Field(5.0, gt=0, le=120, description="seconds per attempt")
-    reader_keepalive: float = Field(30.0, ge=2, le=3600, description="dead-host detection")
-    reader_backoff_max: float = Field(30.0, ge=1, le=3600, description="reconnect delay cap")
-    reader_max_object: int = Field(65536, ge=1024, le=1 << 20, description="bytes per event")
-    reader_serial: str | None = Field(None, description="SerialNumber in meta")
-    reader_product: str | None = Field(None, description="ProductName in meta")
-    reader_location: str | None = Field(None, description="Location in meta")
-    device_id: str | None = Field(None, description="{id} in topics")
+    reader_connect_timeout: float = Field(
+        5.0, gt=0, le=120, description="seconds one connection attempt to the reader may take"
+    )
+    reader_keepalive: float = Field(
+        30.0, ge=2, le=3600, description="seconds within which a dead reader host is noticed"
+    )
+    reader_backoff_max: float = Field(
+        30.0, ge=1, le=3600, description="longest delay in seconds between reconnection attempts"
+    )
+    reader_max_object: int = Field(
+        65536, ge=1024, le=1 << 20, description="largest event accepted from the reader, bytes"
+    )
+    reader_serial: str | None = Field(None, description="reader serial number, published in meta")
+    reader_product: str | None = Field(None, description="reader product name, published in meta")
+    reader_location: str | None = Field(None, description="reader location, published in meta")
+    device_id: str | None = Field(
+        None, description="{id} in topics; unset = derived from the reader host"
+    )
     topic_prefix: str = Field("springcard/springcore", description="{prefix} in topics")
 
-    mqtt_host: str = Field("localhost", min_length=1)
-    mqtt_port: int | None = Field(None, ge=1, le=65535)
-    mqtt_username: str | None = None
-    mqtt_password: SecretStr | None = None
-    mqtt_password_file: Path | None = None
-    mqtt_client_id: str | None = Field(None, min_length=1, max_length=128)
-    mqtt_protocol: Literal["5", "3.1.1"] = "5"
-    mqtt_keepalive: int = Field(30, ge=5, le=3600)
-    mqtt_qos: Literal[0, 1, 2] = 1
-    mqtt_tls: bool = False
-    mqtt_ca_file: Path | None = None
-    mqtt_cert_file: Path | None = None
-    mqtt_key_file: Path | None = None
-    mqtt_tls_insecure: bool = False
-    spool_path: str | None = None
-    spool_max_mb: float = Field(256.0, gt=0, le=1_000_000)
-    memory_max_mb: float = Field(32.0, gt=0, le=100_000)
-    outbox_max_age: float = Field(7 * 86400, gt=0)
-    live_topic: bool = False
-    live_max_age: float = Field(3.0, gt=0, le=3600)
+    mqtt_host: str = Field("localhost", min_length=1, description="broker host name or address")
+    mqtt_port: int | None = Field(
+        None, ge=1, le=65535, description="broker port; unset = 1883, or 8883 with TLS"
+    )
+    mqtt_username: str | None = Field(None, description="broker user name; unset = anonymous")
+    mqtt_password: SecretStr | None = Field(
+        None, description="broker password, never shown; prefer BRIDGE_MQTT_PASSWORD_FILE"
+    )
+    mqtt_password_file: Path | None = Field(
+        None, description="file holding the broker password (trailing newline ignored)"
+    )
+    mqtt_client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id, unique per bridge; unset = springcore-bridge-{id}",
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT version: 5 or 3.1.1")
+    mqtt_keepalive: int = Field(
+        30, ge=5, le=3600, description="seconds between MQTT keepalive pings"
+    )
+    mqtt_qos: Literal[0, 1, 2] = Field(
+        1, description="QoS for events and the command subscription: 0, 1 or 2"
+    )
+    mqtt_tls: bool = Field(False, description="connect to the broker with TLS")
+    mqtt_ca_file: Path | None = Field(
+        None, description="CA certificate (PEM) to verify the broker; unset = the system's CAs"
+    )
+    mqtt_cert_file: Path | None = Field(
+        None, description="client certificate (PEM), for brokers that require one"
+    )
+    mqtt_key_file: Path | None = Field(
+        None, description="private key (PEM, unencrypted) of the client certificate"
+    )
+    mqtt_tls_insecure: bool = Field(
+        False, description="do not verify the broker's certificate (logs a warning; tests only)"
+    )
+    spool_path: str | None = Field(
+        None,
+        description="SQLite file holding events until the broker acknowledges them; "
+        "unset = spool-{id}.db in the state directory; none = memory only",
+    )
+    spool_max_mb: float = Field(
+        256.0,
+        gt=0,
+        le=1_000_000,
+        description="megabytes of events the spool holds at most; when full, the oldest go",
+    )
+    memory_max_mb: float = Field(
+        32.0,
+        gt=0,
+        le=100_000,
+        description="with BRIDGE_SPOOL_PATH=none: megabytes of events held in memory at most",
+    )
+    outbox_max_age: float = Field(
+        7 * 86400.0, gt=0, description="seconds an undelivered event is kept at most (7 days)"
+    )
+    live_topic: bool = Field(
+        False,
+        description="also publish timely events on {prefix}/{id}/bridge/live "
+        "(always on with BRIDGE_HA_DISCOVERY)",
+    )
+    live_max_age: float = Field(
+        3.0,
+        gt=0,
+        le=3600,
+        description="seconds: an event older than this when published is not live",
+    )
 
-    command_timeout: float = Field(2.0, gt=0, le=60)
-    command_gap: float = Field(0.05, ge=0, le=5)
-    command_delimiter: Delimiter = "none"
-    command_fields: str = ",".join(FIELDS)
-    command_rate: float = Field(10.0, ge=0, le=1000)
-    command_burst: int = Field(10, ge=1, le=1000)
+    command_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds after which a command that cannot reach the reader is dropped",
+    )
+    command_gap: float = Field(
+        0.05, ge=0, le=5, description="seconds left between two commands written to the reader"
+    )
+    command_delimiter: Delimiter = Field(
+        "none", description="written after each command: none, lf, crlf or nul"
+    )
+    command_fields: str = Field(
+        ",".join(FIELDS),
+        description="command fields forwarded, comma-separated; "
+        "remove Relay,Relays to keep relay control off MQTT",
+    )
+    command_rate: float = Field(
+        10.0, ge=0, le=1000, description="commands per second forwarded on average; 0 = no limit"
+    )
+    command_burst: int = Field(
+        10, ge=1, le=1000, description="commands that may arrive at once before the rate limit"
+    )
 
-    ha_discovery: bool = True
-    ha_discovery_prefix: str = "homeassistant"
+    ha_discovery: bool = Field(True, description="publish Home Assistant MQTT discovery configs")
+    ha_discovery_prefix: str = Field(
+        "homeassistant", description="Home Assistant's discovery prefix"
+    )
 
-    http_port: int | None = Field(None, ge=1, le=65535, description="health and metrics")
-    http_host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    http_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="port of the HTTP listener (/healthz, /readyz, /metrics); unset = off",
+    )
+    http_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the HTTP listener binds to; 0.0.0.0 = reachable from other hosts",
+    )
 
-    log_level: LogLevel = "INFO"
-    log_format: LogFormat = "text"
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = Field(
+        "text", description="text (human-readable) or json (one object per line)"
+    )
 
     @field_validator("log_level", "log_format", "command_delimiter", mode="before")
     @classmethod
@@ -154,6 +248,17 @@ class Settings(BaseSettings):
     def _check_device_id(cls, value: str | None) -> str | None:
         if value is not None and not _TOPIC_LEVEL.fullmatch(value):
             raise ValueError("must be one topic level: no '/', '+', '#' or spaces")
+        return value
+
+    @field_validator("reader_host", "mqtt_host", "http_host")
+    @classmethod
+    def _check_host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            variable = ENV_PREFIX + str(info.field_name).upper()
+            port_variable = variable.removesuffix("_HOST") + "_PORT"
+            problem = host_problem(variable, port_variable, value)
+            if problem:
+                raise ExplainedError(problem)
         return value
 
     @field_validator("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
@@ -261,14 +366,13 @@ class Settings(BaseSettings):
         return self.live_max_age if self.ha_discovery or self.live_topic else None
 
     def _password(self) -> Secret | None:
+        problems = self._credential_problems()
+        if problems:
+            raise ConfigError(problems)
         if self.mqtt_password_file is None:
             if self.mqtt_password is None:
                 return None
             return Secret(self.mqtt_password.get_secret_value())
-        if self.mqtt_password is not None:
-            raise ConfigError(
-                ["BRIDGE_MQTT_PASSWORD_FILE: set either it or BRIDGE_MQTT_PASSWORD, not both"]
-            )
         try:
             text = self.mqtt_password_file.read_text(encoding="utf-8")
         except OSError as exc:
@@ -281,10 +385,34 @@ class Settings(BaseSettings):
             ) from None
         return Secret(text.rstrip("\r\n"))
 
+    def _credential_problems(self) -> list[str]:
+        """A password twice, or a password without a user name: MQTT sends a password only
+        with a user name (MQTT 5 §3.1.2.9), and paho would drop it without a word."""
+        given = [
+            variable
+            for variable, value in (
+                ("BRIDGE_MQTT_PASSWORD", self.mqtt_password),
+                ("BRIDGE_MQTT_PASSWORD_FILE", self.mqtt_password_file),
+            )
+            if value is not None
+        ]
+        lines = []
+        if len(given) == 2:
+            lines.append(
+                "BRIDGE_MQTT_PASSWORD_FILE: set either it or BRIDGE_MQTT_PASSWORD, not both"
+            )
+        if given and not self.mqtt_username:
+            lines.append(
+                f"{given[0]}: set, but BRIDGE_MQTT_USERNAME is not, and MQTT sends a password only "
+                f"with a user name: set BRIDGE_MQTT_USERNAME too, or remove {given[0]}"
+            )
+        return lines
+
     def check_run(self) -> None:
-        """Raise :class:`ConfigError` listing every problem that stops ``run``."""
+        """Raise :class:`ConfigError` listing every problem that stops ``run`` (and ``check``),
+        the TLS files included: each is loaded as the connection will load it."""
         lines: list[str] = []
-        for build in (self.reader, self.mqtt, self.commands):
+        for build in (self.reader, self._tls_context, self.commands):
             try:
                 build()
             except ConfigError as exc:
@@ -299,6 +427,12 @@ class Settings(BaseSettings):
             lines.append("BRIDGE_COMMAND_FIELDS: empty; name at least one command field")
         if lines:
             raise ConfigError(lines)
+
+    def _tls_context(self) -> None:
+        """Build the MQTT options and, with TLS on, their TLS context (then dropped)."""
+        options = self.mqtt()
+        if options.tls:
+            client_context(options)
 
     def bridge_options(self) -> BridgeOptions:
         """Everything ``run`` needs, checked first by :meth:`check_run` (its ConfigError)."""
@@ -358,9 +492,15 @@ def _describe(error: ErrorDetails) -> str:
     if error["type"] == "missing":  # its "input" is every other setting: never print it
         return f"{variable}: required, and not set"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("ctx", {}).get("error"), ExplainedError):
+        return message  # the whole line already
     if name in SECRET_FIELDS:
         return f"{variable}: {message}"
     return f"{variable}: {message}, got {error['input']!r}"
+
+
+class ExplainedError(ValueError):
+    """A validator's complete line: variable, value and fix (no ", got ..." appended)."""
 
 
 def env_names() -> list[str]:

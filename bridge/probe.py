@@ -1,8 +1,10 @@
-"""One-shot probes for the command line: ``check`` (reader and broker) and ``health`` (HTTP).
+"""One-shot probes for the command line: ``check`` (reader, broker, spool, HTTP port) and
+``health`` (HTTP).
 
 Each probe returns a :class:`CheckResult` whose :meth:`~CheckResult.line` is what the user
 reads. The reader probe holds the reader's single connection slot for at most one second and
-closes it at once; nothing here runs inside the bridge.
+closes it at once; the spool and port probes create nothing and hold nothing afterwards.
+Nothing here runs inside the bridge.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import select
 import socket
 from dataclasses import dataclass
 
-from bridge.config import HttpOptions, MqttOptions, ReaderOptions
+from bridge.config import MB, HttpOptions, MqttOptions, OutboxOptions, ReaderOptions
+from bridge.spool import check_spool
 
 BUSY_WINDOW = 1.0
 """A reader that closes our connection within this many seconds is busy with another client."""
@@ -112,10 +115,63 @@ def split_hint(reason: str) -> tuple[str, str]:
     return reason, "check BRIDGE_MQTT_HOST and BRIDGE_MQTT_PORT, and that the broker runs"
 
 
+def check_spool_path(options: OutboxOptions) -> CheckResult:
+    """Whether the bridge could open and lock its spool; ``none`` is memory only."""
+    if options.spool_path is None:
+        held = f"at most {options.max_bytes / MB:g} MB, BRIDGE_MEMORY_MAX_MB"
+        return CheckResult(True, "spool", f"off: events wait in memory only ({held})")
+    subject = f"spool {options.spool_path}"
+    problem = check_spool(options.spool_path)
+    if problem is None:
+        created = "" if options.spool_path.exists() else " (created at start)"
+        return CheckResult(True, subject, f"usable{created}")
+    if "in use" in problem:
+        hint = "stop the running bridge first, or give this one its own BRIDGE_SPOOL_PATH"
+    else:
+        hint = "set BRIDGE_SPOOL_PATH to a file in a writable directory, or none (memory only)"
+    return CheckResult(False, subject, problem, hint)
+
+
+def check_listener(options: HttpOptions) -> CheckResult:
+    """Whether the health listener could listen on its address: bind as ``http.server``
+    does (SO_REUSEADDR), then let go at once."""
+    subject = f"http {_host_port(options.host, options.port)}"
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET  # as health._Server
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((options.host, options.port))
+    except OSError as exc:
+        return CheckResult(False, subject, *describe_bind_error(exc))
+    return CheckResult(True, subject, "free to listen on")
+
+
+def describe_bind_error(exc: OSError) -> tuple[str, str]:
+    """What a failed bind of the health listener means, and what to change."""
+    if isinstance(exc, socket.gaierror):
+        return f"name not resolved ({exc.strerror})", "check BRIDGE_HTTP_HOST"
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use", (
+            "a running bridge or another program listens there: stop it, "
+            "or set BRIDGE_HTTP_PORT to a free port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine", (
+            "set BRIDGE_HTTP_HOST to one of its addresses, 127.0.0.1, or 0.0.0.0 for all"
+        )
+    if exc.errno == errno.EACCES:
+        return "permission denied", "ports below 1024 need privileges: use BRIDGE_HTTP_PORT=8080"
+    return f"{exc.strerror or exc}", "check BRIDGE_HTTP_HOST and BRIDGE_HTTP_PORT"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_health(options: HttpOptions, path: str = "/healthz") -> CheckResult:
     """GET ``path`` from the bridge's own listener; ok on 200."""
     host = _WILDCARDS.get(options.host, options.host)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{options.port}{path}"
+    url = f"http://{_host_port(host, options.port)}{path}"
     connection = http.client.HTTPConnection(host, options.port, timeout=HEALTH_TIMEOUT)
     try:
         connection.request("GET", path)

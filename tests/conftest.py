@@ -16,6 +16,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.config import env_names, load_settings
 from bridge.simulator import Simulator
+from tests.pki import Certs, make_certs
 from tests.support import (
     Broker,
     Received,
@@ -51,6 +52,12 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop(name, None)
         if value is not None:
             os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A throwaway PKI (tests/pki.py), made once per session."""
+    return make_certs(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from bridge import __version__
 from bridge.config import Settings, load_settings
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, reaped
+from tests.support import REPO, bridge_command, bridge_env, free_port, reaped
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker
@@ -69,6 +69,41 @@ def test_run_help_lists_a_flag_for_every_setting(tmp_path: Path):
     assert [flag for flag in flags if flag not in result.stdout] == []
     assert "--env-file" in result.stdout
     assert "--no-mqtt-tls" in result.stdout  # booleans can be switched off again
+
+
+def example_defaults() -> dict[str, str]:
+    """``BRIDGE_NAME`` -> its default as config.example.env writes it ("" = unset)."""
+    lines = (REPO / "config.example.env").read_text(encoding="utf-8").splitlines()
+    found = (line.partition("=") for line in lines if line.startswith("BRIDGE_"))
+    return {name: value for name, _, value in found}
+
+
+@pytest.mark.parametrize("command", ["run", "check", "ha-remove", "health"])
+def test_help_shows_each_setting_with_its_meaning_and_default(tmp_path: Path, command: str):
+    result = subprocess.run(
+        bridge_command(command, "--help"),
+        cwd=tmp_path,
+        env={**bridge_env(), "COLUMNS": "1000"},  # one line per flag: no hyphen wrapped
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    defaults = example_defaults()
+    assert set(defaults) == {"BRIDGE_" + name.upper() for name in Settings.model_fields}
+    missing = []
+    for name, info in Settings.model_fields.items():
+        variable = "BRIDGE_" + name.upper()
+        if name == "mqtt_password":  # a secret: no value, not even the (empty) default
+            shown = f"({variable})"
+        else:
+            shown = f"(default: {defaults[variable] or 'unset'}; {variable})"
+        flag = "--" + name.replace("_", "-")
+        if f"{flag}" not in text or f"{info.description} {shown}" not in text:
+            missing.append((flag, f"{info.description} {shown}"))
+    assert missing == []
 
 
 def test_simulate_help_lists_its_flags(tmp_path: Path):
@@ -169,6 +204,117 @@ def test_dotenv_in_working_directory_is_read_and_environment_wins(tmp_path: Path
         "BRIDGE_MQTT_QOS",
         "BRIDGE_READER_PORT",
     ], lines
+
+
+@pytest.mark.parametrize("command", ["run", "check", "ha-remove"])
+def test_missing_env_file_given_explicitly_exits_2(tmp_path: Path, command: str):
+    missing = tmp_path / "no-such.env"
+    result = run_cli(tmp_path, command, "--env-file", str(missing), **VALID)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = problem_lines(result.stderr)
+    assert len(lines) == 1, lines
+    assert "--env-file" in lines[0]
+    assert str(missing) in lines[0]
+
+
+def test_missing_env_file_makes_health_exit_1_not_2(tmp_path: Path):
+    """Docker reserves exit status 2 of a HEALTHCHECK: health answers 0 or 1 only."""
+    missing = tmp_path / "no-such.env"
+    result = run_cli(tmp_path, "health", "--env-file", str(missing), http_port=str(free_port()))
+    assert result.returncode == 1
+    assert "--env-file" in result.stdout
+    assert str(missing) in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_default_env_file_is_fine(tmp_path: Path):
+    assert not (tmp_path / ".env").exists()
+    result = run_cli(tmp_path, "ha-remove", "--help")
+    assert result.returncode == 0
+    port = free_port()  # nothing listens: check fails on the links, not on the settings
+    result = run_cli(tmp_path, "check", **VALID, reader_port=str(port), mqtt_port=str(port))
+    assert result.returncode == 1, result.stderr
+    assert "--env-file" not in result.stdout + result.stderr
+
+
+def unknown_env(**extra: str) -> dict[str, str]:
+    port = str(free_port())  # nothing listens there
+    env = bridge_env(**VALID, reader_port=port, mqtt_port=port)
+    env.update(extra)  # bridge_env takes only known settings
+    return env
+
+
+def warnings_naming(stderr: str, variable: str) -> list[str]:
+    return [line for line in stderr.splitlines() if variable in line]
+
+
+def test_unknown_variable_warned_with_the_nearest_name(tmp_path: Path):
+    result = subprocess.run(
+        bridge_command("check"),
+        cwd=tmp_path,
+        env=unknown_env(BRIDGE_READER_KEEPALIVEE="10"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1  # the links fail, not the settings
+    (line,) = warnings_naming(result.stderr, "BRIDGE_READER_KEEPALIVEE")
+    assert "WARNING" in line
+    assert "did you mean BRIDGE_READER_KEEPALIVE?" in line
+    assert "environment" in line
+
+
+def test_retired_variable_in_env_file_says_what_replaced_it(tmp_path: Path):
+    (tmp_path / "bridge.env").write_text("BRIDGE_OUTBOX_SIZE=10000\nBRIDGE_LOG_LEVEL=INFO\n")
+    result = subprocess.run(
+        bridge_command("check", "--env-file", "bridge.env"),
+        cwd=tmp_path,
+        env=unknown_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = warnings_naming(result.stderr, "BRIDGE_OUTBOX_SIZE")
+    assert "WARNING" in line
+    assert "bridge.env" in line
+    assert "no longer used" in line
+    assert "BRIDGE_SPOOL_MAX_MB" in line
+    assert "BRIDGE_MEMORY_MAX_MB" in line
+
+
+def test_unknown_variable_warned_once_by_run(tmp_path: Path):
+    """Before the exec into the runner, which does not warn again."""
+    process = subprocess.Popen(
+        bridge_command("run"),
+        cwd=tmp_path,
+        env=unknown_env(BRIDGE_MQTT_HOSTNAME="broker"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_lines_of, args=(process.stderr, lines), daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while "bridging reader" not in (seen[-1] if seen else ""):  # the runner's, after exec
+            seen.append(lines.get(timeout=10))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.wait(10)
+        reader.join(5)
+        process.stderr.close()
+    output = "".join(seen + list(lines.queue))
+    naming = warnings_naming(output, "BRIDGE_MQTT_HOSTNAME")
+    assert len(naming) == 1, output
+    assert "did you mean BRIDGE_MQTT_HOST?" in naming[0]
 
 
 # -- precedence, in-process ----------------------------------------------------------------

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from bridge.commands import FIELDS
-from bridge.config import ConfigError, Secret, Settings, env_names, load_settings
+from bridge.config import (
+    ConfigError,
+    Secret,
+    Settings,
+    env_names,
+    load_run_settings,
+    load_settings,
+)
+from bridge.environment import env_file_to_read, unknown_variables
 from tests.support import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,12 +150,31 @@ def test_password_and_password_file_together_refused(tmp_path: Path):
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
     lines = problems(
-        reader_host="10.0.0.1", mqtt_password=SECRET, mqtt_password_file=str(secret_file)
+        reader_host="10.0.0.1",
+        mqtt_username="u",  # without it, that is a second problem (below)
+        mqtt_password=SECRET,
+        mqtt_password_file=str(secret_file),
     )
     assert len(lines) == 1
     assert SECRET not in lines[0]
     assert "BRIDGE_MQTT_PASSWORD_FILE" in lines[0]
     assert "BRIDGE_MQTT_PASSWORD" in lines[0].replace("BRIDGE_MQTT_PASSWORD_FILE", "")
+
+
+@pytest.mark.parametrize("source", ["password", "password-file"])
+def test_password_without_user_name_refused(tmp_path: Path, source: str):
+    """MQTT sends a password only with a user name: paho would drop it without a word."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    given = (
+        {"mqtt_password": SECRET} if source == "password" else {"mqtt_password_file": secret_file}
+    )
+    (line,) = problems(reader_host="10.0.0.1", **given)
+    variable = "BRIDGE_MQTT_PASSWORD_FILE" if source == "password-file" else "BRIDGE_MQTT_PASSWORD"
+    assert line.startswith(f"{variable}:")
+    assert "BRIDGE_MQTT_USERNAME" in line
+    assert SECRET not in line
+    assert settings(reader_host="10.0.0.1", mqtt_username="u", **given).mqtt().username == "u"
 
 
 def test_missing_password_file_refused(tmp_path: Path):
@@ -167,11 +194,68 @@ def test_device_id_derived_from_reader_ip():
 
 
 @pytest.mark.parametrize(
-    "host", ["reader.example.com", "fe80::1%eth0", "[2001:db8::7]", "door#1", "a/b+c", "-x-"]
+    "host", ["reader.example.com", "fe80::1%eth0", "2001:db8::7", "door#1", "a/b+c", "-x-"]
 )
 def test_device_id_derived_from_any_host_is_one_safe_topic_level(host: str):
     device_id = settings(reader_host=host).resolved_device_id()
     assert re.fullmatch(r"[A-Za-z0-9_-]+", device_id), device_id
+
+
+HOST_SETTINGS = [
+    pytest.param("reader_host", "BRIDGE_READER_PORT", id="reader"),
+    pytest.param("mqtt_host", "BRIDGE_MQTT_PORT", id="mqtt"),
+    pytest.param("http_host", "BRIDGE_HTTP_PORT", id="http"),
+]
+
+
+@pytest.mark.parametrize(("field", "port_variable"), HOST_SETTINGS)
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        pytest.param("tcp://10.0.0.5:4000", "10.0.0.5", "4000", id="tcp-url"),
+        pytest.param("mqtt://broker.local:1883", "broker.local", "1883", id="mqtt-url"),
+        pytest.param("mqtts://broker.local", "broker.local", None, id="url-without-port"),
+        pytest.param("10.0.0.5:4000", "10.0.0.5", "4000", id="host-port"),
+        pytest.param("reader.local:4000", "reader.local", "4000", id="name-port"),
+        pytest.param("[::1]:4000", "::1", "4000", id="bracketed-v6-port"),
+        pytest.param("[fe80::1]", "fe80::1", None, id="bracketed-v6"),
+    ],
+)
+def test_host_with_a_port_or_as_a_url_says_what_to_write(
+    field: str, port_variable: str, value: str, host: str, port: str | None
+):
+    variable = "BRIDGE_" + field.upper()
+    with pytest.raises(ConfigError) as caught:
+        settings(**{field: value})
+    (line,) = caught.value.lines
+    assert line.startswith(f"{variable}: ")
+    assert repr(value) in line
+    if port is None:
+        assert line.endswith(f"write {variable}={host}")
+    else:
+        assert line.endswith(f"write {variable}={host} and {port_variable}={port}")
+
+
+@pytest.mark.parametrize(("field", "port_variable"), HOST_SETTINGS)
+@pytest.mark.parametrize("value", ["::1", "fe80::1", "fe80::1%eth0", "10.0.0.5", "reader-4.lan"])
+def test_bare_hosts_and_ipv6_literals_accepted(field: str, port_variable: str, value: str):
+    assert getattr(settings(**{field: value}), field) == value
+
+
+def test_url_with_credentials_never_echoes_them():
+    with pytest.raises(ConfigError) as caught:
+        settings(mqtt_host=f"mqtt://bridge:{SECRET}@broker.local:1883")
+    (line,) = caught.value.lines
+    assert SECRET not in line
+    assert "write BRIDGE_MQTT_HOST=broker.local and BRIDGE_MQTT_PORT=1883" in line
+    assert "BRIDGE_MQTT_USERNAME" in line
+
+
+def test_run_settings_check_the_reader_host_too():
+    with pytest.raises(ConfigError) as caught:
+        load_run_settings(env_file=None, reader_host="10.0.0.5:4000")
+    (line,) = caught.value.lines
+    assert line.startswith("BRIDGE_READER_HOST: ")
 
 
 def test_configured_device_id_wins():
@@ -257,6 +341,55 @@ def test_config_error_line_names_variable_value_and_expectation():
     assert line.startswith("BRIDGE_READER_PORT")
     assert "70000" in line
     assert "65535" in line
+
+
+def test_every_setting_has_a_one_line_description():
+    missing = [name for name, info in Settings.model_fields.items() if not info.description]
+    assert missing == []
+    multi_line = [
+        name for name, info in Settings.model_fields.items() if "\n" in str(info.description)
+    ]
+    assert multi_line == []
+
+
+# -- unknown variables ----------------------------------------------------------------------
+
+
+def test_unknown_names_in_environment_and_file_get_a_hint_each(tmp_path: Path):
+    env_file = tmp_path / "bridge.env"
+    env_file.write_text("BRIDGE_OUTBOX_SIZE=10\nBRIDGE_READER_PORT=4000\nOTHER=1\n")
+    environ = {
+        "BRIDGE_READER_KEEPALIVEE": "10",
+        "bridge_reader_host": "10.0.0.1",  # pydantic-settings reads names in any case
+        "BRIDGE_ZZZ": "1",
+        "PATH": "/bin",
+    }
+    lines = unknown_variables(environ, env_file)
+    assert len(lines) == 3, lines
+    keepalive, zzz, outbox = lines
+    assert keepalive.startswith("BRIDGE_READER_KEEPALIVEE (in the environment)")
+    assert keepalive.endswith("did you mean BRIDGE_READER_KEEPALIVE?")
+    assert zzz.startswith("BRIDGE_ZZZ (in the environment) is ignored")
+    assert "did you mean" not in zzz
+    assert outbox.startswith(f"BRIDGE_OUTBOX_SIZE (in {env_file})")
+    assert "BRIDGE_SPOOL_MAX_MB" in outbox
+
+
+def test_no_warning_when_every_name_is_a_setting():
+    assert unknown_variables(dict.fromkeys(env_names(), "x"), None) == []
+
+
+def test_explicit_env_file_must_exist_the_default_need_not(clean_env: Path):
+    assert env_file_to_read(None) is None
+    (clean_env / ".env").write_text("BRIDGE_READER_PORT=4000\n")
+    assert env_file_to_read(None) == Path(".env")
+    assert env_file_to_read(".env") == Path(".env")  # named explicitly, and there
+    with pytest.raises(ConfigError) as caught:
+        env_file_to_read("missing.env")
+    (line,) = caught.value.lines
+    assert line.startswith("--env-file: missing.env ")
+    with pytest.raises(ConfigError):
+        env_file_to_read(str(clean_env))  # a directory
 
 
 # -- structure ------------------------------------------------------------------------------

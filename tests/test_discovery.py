@@ -618,9 +618,9 @@ def test_no_config_when_discovery_is_off(online: Online, subscribe: Subscribe) -
     assert not any(t.endswith("/config") for t in retained_under(subscribe, HA_PREFIX))
 
 
-def run_ha_remove(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+def run_ha_remove(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        bridge_command("ha-remove"),
+        bridge_command("ha-remove", *args),
         env=bridge_env(**settings),
         cwd=tmp_path,  # no .env of anyone's
         capture_output=True,
@@ -655,6 +655,38 @@ def test_ha_remove_clears_every_retained_config(
     assert set(cleared) == set(expected)
     assert all(message.payload == b"" for message in cleared.values())
     assert not any(t.endswith("/config") for t in retained_under(subscribe, HA_PREFIX))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("everything", [True, False], ids=["all", "configs-only"])
+def test_ha_remove_all_also_clears_meta_and_status(
+    online: Online,
+    subscribe: Subscribe,
+    broker: Broker,
+    tmp_path: Path,
+    everything: bool,
+) -> None:
+    """Decommissioning a reader: with --all nothing of it stays retained on the broker."""
+    bridge, _ = online()
+    bridge.stop(timeout=1.0)  # the reader is gone: its bridge said offline and stopped
+    topics = bridge.topics
+    assert set(retained_under(subscribe, topics.base)) == {topics.meta, topics.status}
+    assert set(retained_under(subscribe, HA_PREFIX)) == set(expected_configs(bridge))
+    done = run_ha_remove(
+        tmp_path,
+        *(["--all"] if everything else []),
+        mqtt_host="127.0.0.1",
+        mqtt_port=str(broker.port),
+        device_id=topics.device_id,
+    )
+    assert done.returncode == 0, done.stderr
+    assert retained_under(subscribe, HA_PREFIX) == {}
+    left = retained_under(subscribe, topics.base)
+    if everything:
+        assert left == {}
+        assert f"cleared the retained meta and status of {topics.base}" in done.stdout
+    else:
+        assert set(left) == {topics.meta, topics.status}  # without --all: untouched
 
 
 @pytest.mark.integration

@@ -309,6 +309,7 @@ def check(tmp_path: Path, broker: Broker) -> Callable[..., subprocess.CompletedP
             "reader_port": str(reader_port),
             "mqtt_host": "127.0.0.1",
             "mqtt_port": str(broker.port),
+            "spool_path": "none",  # its own checks: tests/test_check.py
             **values,
         }
         return run_cli(tmp_path, "check", **settings)
@@ -322,6 +323,7 @@ def test_check_passes_when_reader_and_broker_answer(check, simulator: Simulator,
     assert result.stdout.splitlines() == [
         f"ok   reader 127.0.0.1:{simulator.port} reachable",
         f"ok   broker 127.0.0.1:{broker.port} connected",
+        "ok   spool off: events wait in memory only (at most 32 MB, BRIDGE_MEMORY_MAX_MB)",
     ]
     assert simulator.accepted == 1
     assert simulator.wait_no_client(2)  # the reader's single slot is free again at once
@@ -331,7 +333,8 @@ def test_check_reports_a_refused_reader(check, broker: Broker):
     port = free_port()
     result = check(port)
     assert result.returncode == 1
-    reader, broker_line = result.stdout.splitlines()
+    reader, broker_line, spool = result.stdout.splitlines()
+    assert spool.startswith("ok   spool")
     assert reader.startswith(f"FAIL reader 127.0.0.1:{port}: connection refused — hint: ")
     assert "BRIDGE_READER_PORT" in reader
     assert broker_line.startswith("ok   broker")
@@ -354,7 +357,8 @@ def test_check_reports_an_unreachable_broker(check, simulator: Simulator):
     port = free_port()
     result = check(simulator.port, mqtt_port=str(port))
     assert result.returncode == 1
-    reader, broker_line = result.stdout.splitlines()
+    reader, broker_line, spool = result.stdout.splitlines()
+    assert spool.startswith("ok   spool")
     assert reader.startswith("ok   reader")
     assert broker_line.startswith(f"FAIL broker 127.0.0.1:{port}: connection refused — hint: ")
     assert "BRIDGE_MQTT_PORT" in broker_line

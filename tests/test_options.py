@@ -15,6 +15,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.config import ConfigError, load_settings
 from bridge.options import BridgeOptions, OptionsError, Secret
+from tests.pki import Certs
 
 SECRET = 's3cret-\u00e9"\\-pass'  # JSON escapes: a quote, a backslash, non-ASCII
 
@@ -31,12 +32,10 @@ def round_trip(given: BridgeOptions) -> BridgeOptions:
 
 
 @pytest.fixture
-def tls_files(tmp_path: Path) -> dict[str, str]:
-    files = {}
-    for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
-        (tmp_path / name).write_text("not read here")
-        files[name] = str(tmp_path / name)
-    return files
+def tls_files(certs: Certs) -> dict[str, str]:
+    """Real PEM files: the settings check loads them as the connection will."""
+    cert, key = certs.pair("client")
+    return {"mqtt_ca_file": str(certs.ca), "mqtt_cert_file": str(cert), "mqtt_key_file": str(key)}
 
 
 # -- JSON round trip ---------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """TLS and user name/password against a real Mosquitto: success, and each way it goes wrong.
 
-A throwaway CA (and a second, foreign one) is made with the ``openssl`` command once per
-session. Every failure must give a log line that names the cause and the setting to fix, and
-the bridge must keep retrying with growing delays - no tight loop, no crash - and still stop
-cleanly. Secrets must not reach the output, even at DEBUG.
+A throwaway CA (and a second, foreign one) comes from the ``certs`` fixture (tests/pki.py),
+made once per session. Every failure must give a log line that names the cause and the setting
+to fix, and the bridge must keep retrying with growing delays - no tight loop, no crash - and
+still stop cleanly. Secrets must not reach the output, even at DEBUG.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from bridge.app import Bridge
 from bridge.config import ConfigError, load_run_settings, load_settings
 from bridge.simulator import Simulator
+from tests.pki import Certs
 from tests.support import Broker, bridge_command, bridge_env, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -44,68 +45,6 @@ USER = "bridge-user"
 WINDOW = 5.0
 """Seconds of retrying watched per failure mode. paho's first delay is 0.5-1.5 s and doubles,
 so a second attempt comes within 4.5 s; a tight loop would make hundreds."""
-
-
-# -- certificates ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    other_ca: Path
-    dir: Path
-
-    def pair(self, name: str) -> tuple[Path, Path]:
-        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
-
-
-def _key(path: Path) -> Path:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
-    return path
-
-
-def _make_ca(directory: Path, name: str) -> Path:
-    key, cert = _key(directory / f"{name}.key"), directory / f"{name}.crt"
-    _openssl(
-        "req", "-x509", "-new", "-key", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    return cert
-
-
-def _make_leaf(directory: Path, name: str, *, ca: str, cn: str, usage: str, san: str) -> None:
-    key, csr = _key(directory / f"{name}.key"), directory / f"{name}.csr"
-    _openssl("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={cn}")
-    extensions = directory / f"{name}.ext"
-    extensions.write_text(
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
-    )
-    _openssl(
-        "x509", "-req", "-in", csr, "-CA", directory / f"{ca}.crt", "-CAkey",
-        directory / f"{ca}.key", "-set_serial", str(secrets.randbits(63)), "-days", "2",
-        "-extfile", extensions, "-out", directory / f"{name}.crt",
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    directory = tmp_path_factory.mktemp("pki")
-    ca, other_ca = _make_ca(directory, "ca"), _make_ca(directory, "other-ca")
-    both = "DNS:localhost,IP:127.0.0.1"
-    _make_leaf(directory, "server", ca="ca", cn="localhost", usage="serverAuth", san=both)
-    _make_leaf(
-        directory, "dns-only", ca="ca", cn="localhost", usage="serverAuth", san="DNS:localhost"
-    )
-    _make_leaf(directory, "foreign", ca="other-ca", cn="localhost", usage="serverAuth", san=both)
-    _make_leaf(directory, "client", ca="ca", cn="springcore-bridge", usage="clientAuth", san="")
-    return Certs(ca, other_ca, directory)
 
 
 # -- brokers -----------------------------------------------------------------------------------
@@ -303,6 +242,21 @@ def test_tls_with_a_client_certificate_publishes_events(kit: Kit):
     )
     kit.event_arrives(bridge, watcher)
     # Without the certificate, the same bridge is turned away: see "no-client-certificate".
+
+
+def test_tls_insecure_connects_to_an_untrusted_broker_and_warns(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+):
+    port = kit.brokers.foreign.port  # its certificate comes from a CA the bridge is not given
+    watcher = kit.watch(port, host="localhost", ca=kit.certs.other_ca)
+    bridge = kit.bridge(
+        mqtt_tls=True, mqtt_tls_insecure=True, mqtt_host="127.0.0.1", mqtt_port=port
+    )
+    kit.event_arrives(bridge, watcher)
+    assert any(
+        record.levelno == logging.WARNING and "BRIDGE_MQTT_TLS_INSECURE" in record.getMessage()
+        for record in caplog.records
+    )
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.options import MqttOptions
+from bridge.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +249,9 @@ def new_client(options: MqttOptions, client_id: str | None = None) -> Client:
         password = options.password.get_secret_value() if options.password else None
         client.username_pw_set(options.username, password)
     if options.tls:
-        client.tls_set(
-            ca_certs=str(options.ca_file) if options.ca_file else None,
-            certfile=str(options.cert_file) if options.cert_file else None,
-            keyfile=str(options.key_file) if options.key_file else None,
-            cert_reqs=ssl.CERT_NONE if options.tls_insecure else ssl.CERT_REQUIRED,
-        )
+        # The context the settings check built too (bridge.tls): a bad file is a ConfigError
+        # naming its variable, and an encrypted key never makes OpenSSL prompt on a terminal.
+        client.tls_set_context(client_context(options))
         if options.tls_insecure:
             client.tls_insecure_set(True)
             log.warning("BRIDGE_MQTT_TLS_INSECURE is on: the broker's certificate is NOT checked")
