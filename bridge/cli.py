@@ -147,7 +147,7 @@ def _settings(
         logs.configure("INFO", "text")
         _warn_unknown(env_file)  # a mistyped name often explains the problem
         raise
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, settings.resolved_device_id())
     _warn_unknown(env_file)
     return settings
 
