@@ -44,7 +44,7 @@ def result_payload(
     sent: dict[str, object] | None = None,
     error: str | None = None,
 ) -> bytes:
-    """``{"ok": ..., "transaction": ..., "sent"|"error": ...}`` (SPEC §3.3)."""
+    """``{"ok": ..., "transaction": ..., "sent"|"error": ...}`` (README, Commands)."""
     result: dict[str, object] = {"ok": error is None}
     if transaction is not None:
         result["transaction"] = transaction
@@ -259,7 +259,7 @@ class Bridge:
         )
         discovery = self.options.discovery
         if discovery is not None and discovery.node != self.topics.device_id:
-            # HOMEASSISTANT.md: node ids allow [A-Za-z0-9_-] only; "door.1" and "door_1"
+            # docs/home-assistant.md: node ids allow [A-Za-z0-9_-] only; "door.1" and "door_1"
             # would become one device in Home Assistant, each bridge overwriting the other.
             log.warning(
                 "BRIDGE_DEVICE_ID %r appears in Home Assistant as %r (discovery topics allow "

@@ -1,8 +1,9 @@
 """Validates MQTT command payloads and translates them into the reader's canonical JSON.
 
-No I/O happens here. Every form SPEC.md §3.1 accepts becomes a :class:`Command` whose
-``encode()`` is the one compact object sent to the reader; everything else raises
-:class:`CommandError` with a sentence a person can act on, and nothing is forwarded.
+No I/O happens here. Every form the README's Commands section accepts becomes a
+:class:`Command` whose ``encode()`` is the one compact object sent to the reader; everything
+else raises :class:`CommandError` with a sentence a person can act on, and nothing is
+forwarded.
 
 Canonical form (what the reader gets), field order fixed as below:
 
@@ -11,8 +12,8 @@ Canonical form (what the reader gets), field order fixed as below:
 * ``Leds``: eight upper-case hex digits;
 * ``RgbColor``: six upper-case hex digits (0-FFFFFF); ``RgbMode``: two (00-FF);
 * ``Buzzer``: four upper-case hex digits, milliseconds 0-65535 (``100`` becomes ``"0064"``);
-* ``Relay``: its semantics are not documented (PROTOCOL.md §3), so it is passed through as
-  given: ``true``/``false``, an integer 0-65535, or an upper-cased hex string of 1-4 digits;
+* ``Relay``: its semantics are not documented (docs/reader-protocol.md §3), so it is passed through
+  as given: ``true``/``false``, an integer 0-65535, or an upper-cased hex string of 1-4 digits;
 * ``Relays``: a list of 1-8 such values.
 
 The reader reads a JSON integer as decimal and a string as hex, so the hex strings above
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 
 MAX_PAYLOAD: Final = 1024
-"""Largest command payload accepted, in bytes (SPEC §3.2)."""
+"""Largest command payload accepted, in bytes (README, Commands)."""
 
 SEQUENCE_NAMES: Final = {"wink": "0E", "accept": "60", "deny": "61"}
 

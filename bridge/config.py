@@ -1,4 +1,4 @@
-"""Settings from the environment, a ``.env`` file and command-line flags (SPEC.md §6).
+"""Settings from the environment, a ``.env`` file and command-line flags (README, Configuration).
 
 Each layer gets only its own group (:class:`ReaderOptions`, :class:`MqttOptions`, ..., defined
 in ``bridge.options`` without pydantic); ``run`` gets them all as one :class:`BridgeOptions`.

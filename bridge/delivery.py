@@ -1,7 +1,7 @@
 """Events on their way to the broker: which one goes next, how many are in flight, which
 the broker has acknowledged. No paho here: ``mqtt.MqttLink`` publishes, this decides.
 
-Two rules keep paho 2.2 from deadlocking (PAHO.md 6, paho #226, #346): ``lock`` is held
+Two rules keep paho 2.2 from deadlocking (docs/paho.md §6, paho #226, #346): ``lock`` is held
 around every ``publish()`` together with the bookkeeping of what was published, and is never
 taken inside a paho callback; ``on_publish`` only calls :meth:`Delivery.acknowledged`, which
 appends to a deque (atomic, no lock), and whoever next holds ``lock`` applies it

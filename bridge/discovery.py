@@ -1,4 +1,4 @@
-"""Home Assistant MQTT discovery: one retained config per component (HOMEASSISTANT.md).
+"""Home Assistant MQTT discovery: one retained config per component (docs/home-assistant.md).
 
 No I/O happens here: this module only builds topics and payloads. Per-component discovery
 topics work with every Home Assistant release since 2023; every config shares one ``device``
@@ -17,7 +17,8 @@ from bridge.topics import STATE_DEAD, STATE_READY, Identity, Topics
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
-# Event fields, read defensively: older firmware says State instead of Move (PROTOCOL.md §2).
+# Event fields, read defensively: older firmware says State instead of Move
+# (docs/reader-protocol.md §2).
 _MOVE = "value_json.get('Move', value_json.get('State', ''))"
 _TAG_ID = "value_json.get('TagId', value_json.get('TagUid', ''))"  # TagUid: older firmware
 TAG_TEMPLATE = f"{{{{ '' if {_MOVE} == 'Remove' else {_TAG_ID} }}}}"

@@ -1,7 +1,7 @@
 """What the bridge is given besides the flags: the settings file it reads, and the ``BRIDGE_``
 variables that no setting reads (a typo, a retired name), each with a hint.
 
-Nothing here logs: the command line logs the hints once logging is set up (SPEC §6).
+Nothing here logs: the command line logs the hints once logging is set up (README, Configuration).
 """
 
 from __future__ import annotations

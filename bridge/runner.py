@@ -1,8 +1,8 @@
 """The long-running bridge process: checked options from a pipe, then the bridge until a signal.
 
 It must not import pydantic, argparse or ``bridge.cli``: ``springcore-bridge run`` checks the
-settings with pydantic-settings (SPEC §6), writes them as :class:`BridgeOptions` JSON into a pipe
-and replaces itself (:func:`exec_runner`, ``os.execv``) with a fresh interpreter running
+settings with pydantic-settings (README, Configuration), writes them as :class:`BridgeOptions` JSON
+into a pipe and replaces itself (:func:`exec_runner`, ``os.execv``) with a fresh interpreter running
 ``bridge.runner`` with ``--options-fd N`` that reads them from the pipe and runs the bridge.
 
 Why (issue 5: "RSS under 40 MB"): the settings are read once, but what pydantic-settings imports
@@ -71,7 +71,8 @@ def wait_stop_signal(failed: list[str] | None = None) -> bool:
 
 
 def print_problems(error: ConfigError) -> None:
-    """One line per problem on stderr, no traceback (SPEC §6); the caller exits with 2."""
+    """One line per problem on stderr, no traceback (README, Configuration); the caller exits
+    with 2."""
     for line in error.lines:
         print(f"springcore-bridge: {line}", file=sys.stderr)
 

@@ -1,4 +1,4 @@
-"""Topic names and the small retained payloads (status, meta) of SPEC.md §2.
+"""Topic names and the small retained payloads (status, meta) of the README's Topics section.
 
 No I/O happens here.
 """

@@ -229,7 +229,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
-            "max_queued_messages 0\n"  # PAHO.md 12: unlimited, or the broker loses events
+            "max_queued_messages 0\n"  # docs/paho.md §12: unlimited, or the broker loses events
             "max_inflight_messages 0\n"
             "set_tcp_nodelay true\n"
             "log_dest stdout\n"

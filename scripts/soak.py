@@ -125,7 +125,7 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "max_queued_messages 0",  # PAHO.md 12: the default 1000 would lose events
+            "max_queued_messages 0",  # docs/paho.md §12: the default 1000 would lose events
             "max_inflight_messages 0",
             "set_tcp_nodelay true",
             "log_dest stdout",

@@ -70,7 +70,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
-            "max_queued_messages 0\n"  # PAHO.md 12: the default 1000 loses messages in tests
+            "max_queued_messages 0\n"  # docs/paho.md §12: the default 1000 loses messages in tests
             f"max_inflight_messages {max_inflight}\n"  # 0: none; Mosquitto's default is 20
             "set_tcp_nodelay true\n"
             f"{extra_config}"

@@ -164,7 +164,7 @@ def test_missing_password_file_exits_2_naming_it(tmp_path: Path):
 
 
 def test_missing_reader_host_reported_with_the_other_problems(tmp_path: Path):
-    """All problems in one go, not one per attempt (SPEC §6: one line per problem)."""
+    """All problems in one go, not one per attempt (README, Configuration: one line per problem)."""
     result = run_cli(tmp_path, "run", mqtt_host="127.0.0.1", reader_port="0")
     assert result.returncode == 2
     lines = problem_lines(result.stderr)
@@ -427,7 +427,7 @@ def test_password_never_appears_in_output(
 def test_stops_cleanly_on_sigterm_right_after_start(
     tmp_path: Path, args: tuple[str, ...], announcement: str
 ):
-    """Once the program has said that it runs, SIGTERM means a clean stop (SPEC §7)."""
+    """Once the program has said that it runs, SIGTERM means a clean stop (README, Command line)."""
     # Nothing listens on these ports: the bridge keeps retrying both links, as at a site's
     # first start.
     env = bridge_env(

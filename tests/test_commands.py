@@ -1,5 +1,5 @@
-"""Tests for bridge.commands: every form SPEC §3.1 accepts, with its exact canonical bytes;
-every refusal SPEC §3.2 demands; and Hypothesis properties that any payload either becomes a
+"""Tests for bridge.commands: every form the README's Commands section accepts, with its exact
+canonical bytes; every refusal it lists; and Hypothesis properties that any payload either becomes a
 valid, idempotent Command or raises CommandError, never anything else."""
 
 from __future__ import annotations

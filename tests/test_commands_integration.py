@@ -1,9 +1,9 @@
 """Commands published on MQTT reach the simulated reader in canonical form, one result each.
 
-Against a real Mosquitto and the reader simulator (conftest.py): what SPEC.md §3 promises on
-``{prefix}/{id}/rdr/cmd`` and ``{prefix}/{id}/bridge/result``. "Nothing reached the reader" is
-always proved the same way: a valid sentinel command sent afterwards must be the first thing
-the reader gets (TCP keeps order, the bridge sends one command at a time).
+Against a real Mosquitto and the reader simulator (conftest.py): what the README's Commands section
+promises on ``{prefix}/{id}/rdr/cmd`` and ``{prefix}/{id}/bridge/result``. "Nothing reached the
+reader" is always proved the same way: a valid sentinel command sent afterwards must be the first
+thing the reader gets (TCP keeps order, the bridge sends one command at a time).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def xor(text: str) -> int:
 
 
 def sccmd(line: str, span: str) -> bytes:
-    """``line*CC``; the two checksum spans of PROTOCOL.md §3: between ``$`` and ``*``
+    """``line*CC``; the two checksum spans of docs/reader-protocol.md §3: between ``$`` and ``*``
     exclusive, or both included."""
     checksum = xor(line[1:]) if span == "exclusive" else xor(line + "*")
     return f"{line}*{checksum:02X}".encode()
@@ -662,7 +662,7 @@ def test_retained_command_replayed_at_each_reconnection_is_refused_and_logged_on
 def test_retained_command_refusal_echoes_its_transaction_with_mqtt_311(
     rig: Rig, make_bridge: Callable[..., Bridge]
 ) -> None:
-    """SPEC §3.3: the result carries ``transaction`` whenever the command carried one."""
+    """README, Commands: the result carries ``transaction`` whenever the command carried one."""
     rig.send(b'{"transaction":"r-1","Sequence":"accept"}', retain=True)
     try:
         rig.start(make_bridge, mqtt_protocol="3.1.1")

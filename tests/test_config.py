@@ -1,4 +1,5 @@
-"""Settings (SPEC.md §6): the example file, secrets, derived values, validation, structure.
+"""Settings (README, Configuration): the example file, secrets, derived values, validation,
+structure.
 
 No broker here: settings are built in-process with ``_env_file=None`` / ``env_file=None`` and an
 environment cleared of BRIDGE_ variables.

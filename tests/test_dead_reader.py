@@ -1,8 +1,8 @@
 """A dead reader host is noticed within BRIDGE_READER_KEEPALIVE seconds; a silent one is not dead.
 
-SPEC §4 and §6: the bridge "detects a dead peer with TCP keepalive", ``BRIDGE_READER_KEEPALIVE``
-is the number of seconds "within which a dead reader host is noticed", and a reader that just
-says nothing (no card for hours) is not a failure.
+The README (How it behaves when things go wrong; Configuration): the bridge "detects a dead peer
+with TCP keepalive", ``BRIDGE_READER_KEEPALIVE`` is the number of seconds "within which a dead
+reader host is noticed", and a reader that just says nothing (no card for hours) is not a failure.
 
 A reader that loses power sends no FIN and no RST: its packets just stop. That is simulated
 for real. The reader simulator (``python -m bridge simulate``) runs in a network namespace of
@@ -156,9 +156,9 @@ def _setup_network(network: ReaderNetwork) -> None:
     ip("-n", network.ns, "addr", "add", f"{network.reader_ip}/30", "dev", network.peer)
     ip("-n", network.ns, "link", "set", network.peer, "up")
     ip("-n", network.ns, "link", "set", "lo", "up")
-    # Without it, ARP for the silent reader fails after ~3 s and Linux then reports the dead
-    # link as "No route to host" instead of a timeout: also a right reason (SPEC §4 names
-    # both), but it races the timeout and would make the logged reason a coin toss.
+    # Without it, ARP for the silent reader fails after ~3 s and Linux then reports the dead link as
+    # "No route to host" instead of a timeout: also a right reason (the README's How it behaves
+    # section names both), but it races the timeout and would make the logged reason a coin toss.
     (link,) = json.loads(ip("-n", network.ns, "-j", "link", "show", "dev", network.peer))
     ip(
         "neigh", "replace", network.reader_ip, "lladdr", link["address"],

@@ -2,7 +2,7 @@
 rendered the way Home Assistant renders it, and the retained life cycle on a real broker.
 
 The key sets below come from Home Assistant's MQTT documentation and its discovery schemas, as
-of 2024.3 (the newest release on Python 3.11; /work/shared/HOMEASSISTANT.md):
+of 2024.3 (the newest release on Python 3.11; docs/home-assistant.md):
 
 * https://www.home-assistant.io/integrations/tag.mqtt/ (tag scanner)
 * https://www.home-assistant.io/integrations/event.mqtt/ (event entity, 2023.8+)
@@ -328,7 +328,7 @@ def test_entities_take_availability_from_the_status_topic_in_list_form() -> None
 def test_each_component_reads_and_writes_the_bridge_topics() -> None:
     disc = discovery()
     topics = disc.topics
-    # What an automation answers at the door reads only timely events (SPEC §5).
+    # What an automation answers at the door reads only timely events (README, Late reads).
     assert only(disc, "tag")["topic"] == topics.live
     assert only(disc, "event")["state_topic"] == topics.live
     assert all(c["topic"] == topics.live for c in configs_of(disc, "device_automation"))
@@ -476,8 +476,9 @@ def test_last_tag_sensor_shows_the_tag_id(case: str, event: dict[str, object], k
 
 
 def test_templates_read_the_legacy_taguid_field() -> None:
-    """PROTOCOL.md §2: older firmware may say ``TagUid`` instead of ``TagId``; the bridge
-    forwards it unchanged, so the templates must read it or such a reader never scans a tag."""
+    """docs/reader-protocol.md §2: older firmware may say ``TagUid`` instead of ``TagId``; the
+    bridge forwards it unchanged, so the templates must read it or such a reader never scans a
+    tag."""
     event: dict[str, object] = {
         "Interface": "13.56",
         "Protocol": "NFC-A",

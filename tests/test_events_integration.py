@@ -168,7 +168,7 @@ def start_online(
         base = f"springcard/springcore/{device_id}"
         sub = subscribe(f"{base}/#")
         bridge = make_bridge(**settings)
-        topics = bridge.topics  # SPEC §2's layout, checked once so tests can use the names
+        topics = bridge.topics  # the README's topic layout, checked once for the names
         assert (topics.event, topics.status, topics.meta) == (
             f"{base}/rdr/evt",
             f"{base}/status",

@@ -124,7 +124,7 @@ def test_node_red_function_answers_the_same_reader_with_a_word_the_bridge_accept
         "legacy removal": (event(allowed, State="Remove"), None),
         "timely read": (event(allowed, {}), "accept"),
         "read that waited 1.5 s in a burst": (event(allowed, {"age_ms": "1500"}), "accept"),
-        # SPEC §5: a late read must not open a door, nor one stuck for long behind a burst.
+        # README, Late reads must not open doors: nor may a read stuck long behind a burst.
         "late read after an outage": (event(allowed, {"late": "true", "age_ms": "900"}), None),
         "read that waited 20 s": (event(allowed, {"age_ms": "20000"}), None),
     }

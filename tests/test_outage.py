@@ -310,7 +310,7 @@ def test_no_event_lost_when_broker_killed_mid_stream(
         elif index >= down_end:
             assert "late" not in message.properties, index
             # Read after the reconnection: age_ms only if it waited over a second behind
-            # the backlog (SPEC §2: an outage or a burst).
+            # the backlog (README, Topics: an outage or a burst).
             assert int(message.properties.get("age_ms", 1001)) > 1000, index
 
 
@@ -530,8 +530,8 @@ def test_bridge_started_while_broker_down_delivers_held_events(
 def test_late_reads_arrive_on_rdr_evt_marked_late_and_never_on_bridge_live(
     gate: Gate, gated_bridge, simulator: Simulator, subscribe
 ):
-    """SPEC §5: a read delivered after an outage is history, not a person at the door; Home
-    Assistant's tag scanner and triggers read bridge/live, so it must never appear there."""
+    """README, Late reads: a read delivered after an outage is history, not a person at the door;
+    Home Assistant's tag scanner and triggers read bridge/live, so it must never appear there."""
     broker = gate.broker
     gate.open()
     bridge = gated_bridge()  # Home Assistant discovery on (the default): bridge/live too

@@ -59,7 +59,8 @@ class SecureBroker(Broker):
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if anonymous else 'false'}\n"
             "persistence false\n"
-            "user root\n"  # PAHO.md 13: as root, Mosquitto drops to 'mosquitto' and cannot read
+            # docs/paho.md §13: as root, Mosquitto drops to 'mosquitto' and cannot read
+            "user root\n"
             f"{listener}"
         )
 

@@ -1,5 +1,5 @@
 """TLS files that cannot be used stop ``run`` and ``check`` at start: exit 2, one line naming
-the variable, no traceback (SPEC §6) - never a crash loop under ``docker --restart``.
+the variable, no traceback (README, Configuration) - never a crash loop under ``docker --restart``.
 
 The bridge runs as a user runs it, a subprocess. An unreadable file needs a user that cannot
 read it: the tests run as root in CI, and root reads a file of mode 000. So, as root, the

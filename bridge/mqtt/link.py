@@ -1,6 +1,6 @@
 """The bridge's MQTT link: connection, publishing, the command topic; sole owner of its client.
 
-paho facts this module is built around (PAHO.md):
+paho facts this module is built around (docs/paho.md):
 
 * paho's own queue is RAM-only, refuses message 65,536 and dumps its whole backlog at once
   on reconnect (#377, #492), so events wait in the bridge's bounded outbox and only a window
@@ -608,7 +608,7 @@ class MqttLink:
                 self._cond.notify_all()
             opened, self._socket_opened = self._socket_opened, False
             if self._stopping or not (was_connected or opened):
-                return  # paho says it twice after a keepalive timeout (PAHO.md 9)
+                return  # paho says it twice after a keepalive timeout (docs/paho.md §9)
             delay = self._watch.disconnected(
                 reason_code, was_connected, lasted, flags.is_disconnect_packet_from_server
             )
