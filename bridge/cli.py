@@ -11,13 +11,13 @@ Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passed check, 1 for a fa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 from collections.abc import Sequence
 
 from bridge import __version__, logs
 from bridge.config import ConfigError, Settings, load_run_settings, load_settings
+from bridge.console import HINT, InputError, act
 from bridge.runner import (
     exec_runner,
     hold_stop_signals,
@@ -203,30 +203,18 @@ def run_simulator(args: argparse.Namespace) -> int:
             target=simulator.run_timer, args=(args.interval, profiles, args.moves), daemon=True
         ).start()
     threading.Thread(target=_read_stdin, args=(simulator, profiles), daemon=True).start()
-    print(
-        "type Enter (or nfc/ble/uhf, insert, remove, drop, or a JSON object) to send an event",
-        file=sys.stderr,
-    )
+    print(HINT, file=sys.stderr)
     wait_stop_signal()
     simulator.stop()
     return 0
 
 
 def _read_stdin(simulator: Simulator, profiles: tuple[str, ...]) -> None:
-    """On-demand events: one line, one action."""
+    """On-demand events: one line, one action (``bridge.console``); a refused line says why."""
     for line in sys.stdin:
-        word = line.strip()
         try:
-            if word.startswith("{"):
-                json.loads(word)
-                simulator.send_raw(word.encode() + simulator.separator)
-            elif word == "drop":
-                simulator.drop_client()
-            elif word in ("insert", "remove"):
-                simulator.emit(profile=profiles[0], move=word.capitalize())
-            else:
-                simulator.emit(profile=word if word in PROFILES else profiles[0])
-        except (OSError, ValueError) as exc:
+            act(simulator, line, profiles)
+        except (InputError, OSError) as exc:
             print(f"not sent: {exc}", file=sys.stderr)
 
 

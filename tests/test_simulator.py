@@ -1,19 +1,26 @@
-"""Tests for the reader simulator: its timer and its tags.
+"""Tests for the reader simulator: its timer, its tags, its console and its command line.
 
 The timer runs on a fake clock whose waits end a little late, as real ones do, so the period
-is checked exactly and without sleeping; events are read back by a real TCP client.
+is checked exactly and without sleeping; events are read back by a real TCP client. The
+command line is run as a user runs it: a subprocess.
 """
 
 from __future__ import annotations
 
+import queue
+import re
 import socket
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from bridge.console import WORDS, InputError, act
 from bridge.protocol import Frame, StreamDecoder
 from bridge.simulator import Simulator, TagNotOnReaderError
+from tests.support import bridge_command, bridge_env, free_port
 
 START = 1000.0
 """Where the fake clock starts; Uptime counts from the simulator's creation."""
@@ -190,3 +197,155 @@ def test_remove_by_tag_id_leaves_the_other_tags(sim: Simulator, client: Client) 
     with pytest.raises(TagNotOnReaderError, match=str(first["TagId"])):
         sim.remove(str(first["TagId"]))
     assert sim.remove()["TagId"] == second["TagId"]
+
+
+# -- the console: one typed line, one action ---------------------------------------------------
+
+PROFILES = ("nfc", "ble", "uhf")
+
+
+@pytest.mark.parametrize(
+    ("line", "interface"),
+    [("\n", "13.56"), ("nfc\n", "13.56"), (" ble \n", "bluetooth"), ("uhf", "900")],
+)
+def test_console_reads_send_an_event_of_that_kind(
+    sim: Simulator, client: Client, line: str, interface: str
+) -> None:
+    act(sim, line, PROFILES)
+    event = client.next()
+    assert event["Interface"] == interface
+    assert "Move" not in event
+
+
+def test_console_insert_then_remove_carries_the_tag(sim: Simulator, client: Client) -> None:
+    act(sim, "insert", PROFILES)
+    act(sim, "remove", PROFILES)
+    insert, remove = client.next(), client.next()
+    assert (insert["Move"], remove["Move"]) == ("Insert", "Remove")
+    assert remove["TagId"] == insert["TagId"]
+
+
+def test_console_sends_a_json_object_as_typed(sim: Simulator, client: Client) -> None:
+    act(sim, '{"TagId": "01", "Uptime": "1:2.003"}\n', PROFILES)
+    sim.emit(END)
+    assert client.sock.recv(4096).startswith(b'{"TagId": "01", "Uptime": "1:2.003"}\r\n')
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("hello", "unknown word 'hello'"),
+        ("NFC", "unknown word 'NFC'"),
+        ("[1, 2]", "unknown word '[1, 2]'"),
+        ('{"TagId": 01}', "not a JSON object"),
+        ("{", "not a JSON object"),
+        ("remove", "nothing to remove: no tag is on the reader"),
+    ],
+)
+def test_console_refuses_a_line_and_sends_nothing(
+    sim: Simulator, client: Client, line: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=re.escape(message)) as refused:
+        act(sim, line, PROFILES)
+    if message.startswith("unknown"):
+        assert all(word in str(refused.value) for word in WORDS)
+    sim.emit(END)
+    assert client.until_end() == []
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+class SimulateProcess:
+    """``springcore-bridge simulate`` on a free port, its stderr read line by line."""
+
+    def __init__(self, cwd: Path, *flags: str) -> None:
+        self.port = free_port()
+        command = bridge_command("simulate", "--port", str(self.port), *flags)
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=bridge_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.process.stdin is not None
+        assert self.process.stderr is not None
+        self.stdin, self.stderr = self.process.stdin, self.process.stderr
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in iter(self.stderr.readline, b""):
+            self.lines.put(line.decode(errors="replace"))
+
+    def next_line(self, needle: str) -> str:
+        while True:
+            try:
+                line = self.lines.get(timeout=10)
+            except queue.Empty:
+                raise AssertionError(f"no line with {needle!r} in 10 s") from None
+            if needle in line:
+                return line
+
+    def connect(self) -> socket.socket:
+        self.next_line(f"listening on 127.0.0.1:{self.port}")
+        host = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.next_line(f":{host.getsockname()[1]} connected")
+        return host
+
+    def close(self) -> str:
+        """Kill it (how it stops is test_cli's); what it wrote to stderr that was not read."""
+        self.process.kill()
+        self.process.wait(10)
+        self.stdin.close()
+        self._reader.join(5)
+        self.stderr.close()
+        return "".join(self.lines.queue)
+
+
+@pytest.fixture
+def simulate(tmp_path: Path) -> Iterator[Callable[..., SimulateProcess]]:
+    started: list[SimulateProcess] = []
+
+    def start(*flags: str) -> SimulateProcess:
+        started.append(SimulateProcess(tmp_path, *flags))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def frames_from(host: socket.socket, count: int) -> list[dict[str, object]]:
+    decoder, frames = StreamDecoder(), list[dict[str, object]]()
+    while len(frames) < count:
+        chunk = host.recv(4096)
+        assert chunk, "the simulator closed the connection"
+        frames += [item.fields for item in decoder.feed(chunk) if isinstance(item, Frame)]
+    return frames
+
+
+def test_typed_lines_that_say_nothing_known_are_refused(
+    simulate: Callable[..., SimulateProcess],
+) -> None:
+    sim = simulate("--interval", "0")
+    with sim.connect() as host:
+        sim.stdin.write(b'hello\n{"a":\nremove\n{"End":true}\n')
+        sim.stdin.flush()
+        refusals = [sim.next_line("not sent") for _ in range(3)]
+        # The first event sent is the last line's: the three lines before it sent nothing.
+        assert frames_from(host, 1) == [END]
+    assert "unknown word 'hello'" in refusals[0]
+    assert all(word in refusals[0] for word in WORDS)
+    assert "not a JSON object" in refusals[1]
+    assert "nothing to remove" in refusals[2]
+    assert "Traceback" not in sim.close()
+
+
+def test_command_line_timer_sends_insert_then_remove_of_the_same_tag(
+    simulate: Callable[..., SimulateProcess],
+) -> None:
+    # The period is checked on the fake clock above; this checks the flags reach the timer.
+    sim = simulate("--interval", "0.2", "--moves", "--log-level", "debug")
+    with sim.connect() as host:
+        insert, remove = frames_from(host, 2)
+    assert (insert["Move"], remove["Move"]) == ("Insert", "Remove")
+    assert remove["TagId"] == insert["TagId"]
