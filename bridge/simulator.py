@@ -9,6 +9,7 @@ and each command logged with its meaning.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ __all__ = [  # PROFILES and EventFactory too: callers took them from here first
     "Simulator",
     "TagNotOnReaderError",
     "describe_command",
+    "describe_listen_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,19 @@ Wait = Callable[[float], bool]
 
 class TagNotOnReaderError(LookupError):
     """A Remove was asked for a tag that is not on the simulated reader."""
+
+
+def describe_listen_error(exc: OSError) -> str:
+    """Why the simulator cannot listen on its address, in words that point at the fix."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is in use (choose another --port, or 0 for any free one)"
+    if exc.errno == errno.EACCES:
+        return "not allowed (ports below 1024 need privileges: choose another --port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine (check --host)"
+    # socket.create_server appends "(while attempting to bind on address ...)": the caller's
+    # line names the address already.
+    return (exc.strerror or str(exc)).split(" (while attempting", 1)[0]
 
 
 def describe_command(command: dict[str, object]) -> str:

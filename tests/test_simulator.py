@@ -256,6 +256,54 @@ def test_console_refuses_a_line_and_sends_nothing(
 # -- the command line --------------------------------------------------------------------------
 
 
+def run_simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        bridge_command("simulate", *args),
+        env=bridge_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("springcore-bridge simulate: "), lines
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1", "abc", "4000.5", ""])
+def test_bad_port_is_one_line_and_exit_2(port: str) -> None:
+    assert_one_line_exit_2(run_simulate("--port", port), "--port", "0 to 65535", repr(port))
+
+
+def test_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_simulate("--port", str(port), "--interval", "0")
+    assert_one_line_exit_2(result, f"127.0.0.1:{port}", "in use")
+
+
+def test_host_not_of_this_machine_is_one_line_and_exit_2() -> None:
+    result = run_simulate("--host", "192.0.2.1", "--port", "0")  # TEST-NET-1, RFC 5737
+    assert_one_line_exit_2(result, "192.0.2.1:0", "not an address of this machine", "--host")
+
+
+@pytest.mark.parametrize("level", ["LOUD", "", "5"])
+def test_bad_log_level_is_one_line_and_exit_2(level: str) -> None:
+    assert_one_line_exit_2(run_simulate("--log-level", level), "--log-level", "DEBUG", repr(level))
+
+
+@pytest.mark.parametrize("interval", ["-1", "abc", "nan", "inf"])
+def test_bad_interval_is_one_line_and_exit_2(interval: str) -> None:
+    assert_one_line_exit_2(run_simulate("--interval", interval), "--interval", repr(interval))
+
+
 class SimulateProcess:
     """``springcore-bridge simulate`` on a free port, its stderr read line by line."""
 
