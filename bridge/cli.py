@@ -11,11 +11,12 @@ Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passed check, 1 for a fa
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import os
 import sys
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from bridge.config import (
     load_run_settings,
     load_settings,
 )
+from bridge.console import HINT, InputError, act
 from bridge.environment import env_file_to_read, unknown_variables
+from bridge.options import LogLevel
 from bridge.runner import (
     exec_runner,
     hold_stop_signals,
@@ -38,7 +41,7 @@ from bridge.runner import (
     serve,
     wait_stop_signal,
 )
-from bridge.simulator import PROFILES, SEPARATORS, Simulator
+from bridge.simulator import PROFILES, SEPARATORS, Simulator, describe_listen_error
 
 log = logging.getLogger("bridge")
 
@@ -115,10 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready", action="store_true", help="ask /readyz (broker and reader connected) instead"
     )
     _add_setting_flags(health)
+    # --port, --interval and --log-level are checked by run_simulator: one line, no usage.
     sim = sub.add_parser("simulate", help="run a SpringCore reader simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    sim.add_argument("--port", type=int, default=4000, help="TCP port (default 4000)")
-    sim.add_argument("--interval", type=float, default=5.0, help="seconds between events; 0 = off")
+    sim.add_argument("--port", default="4000", help="TCP port, 0 = any free one (default 4000)")
+    sim.add_argument("--interval", default="5", help="seconds between events (default 5); 0 = off")
     sim.add_argument("--profile", choices=[*PROFILES, "mixed"], default="mixed")
     sim.add_argument("--moves", action="store_true", help="send Insert/Remove pairs")
     sim.add_argument("--separator", choices=list(SEPARATORS), default="crlf")
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="close",
         help="what a second client gets while one is connected",
     )
-    sim.add_argument("--log-level", default="INFO")
+    sim.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
@@ -270,40 +274,64 @@ def _demo_overrides(args: argparse.Namespace, simulator: Simulator) -> dict[str,
 
 
 def run_simulator(args: argparse.Namespace) -> int:
+    """``simulate`` until SIGTERM/SIGINT: 0. A bad flag, or a port it cannot listen on, is
+    one line on stderr and 2."""
+    try:
+        port, interval, level = _simulator_flags(args)
+        simulator = _listen(args, port)
+    except ValueError as exc:
+        print(f"springcore-bridge simulate: {exc}", file=sys.stderr)
+        return 2
     hold_stop_signals()
-    logs.configure(args.log_level.upper(), "text")
+    logs.configure(level, "text")
     profiles = PROFILES if args.profile == "mixed" else (args.profile,)
-    simulator = Simulator(args.host, args.port, SEPARATORS[args.separator], busy=args.busy)
     simulator.start()
-    if args.interval > 0:
+    if interval > 0:
         threading.Thread(
-            target=simulator.run_timer, args=(args.interval, profiles, args.moves), daemon=True
+            target=simulator.run_timer, args=(interval, profiles, args.moves), daemon=True
         ).start()
     threading.Thread(target=_read_stdin, args=(simulator, profiles), daemon=True).start()
-    print(
-        "type Enter (or nfc/ble/uhf, insert, remove, drop, or a JSON object) to send an event",
-        file=sys.stderr,
-    )
+    print(HINT, file=sys.stderr)
     wait_stop_signal()
     simulator.stop()
     return 0
 
 
+def _simulator_flags(args: argparse.Namespace) -> tuple[int, float, str]:
+    """``--port``, ``--interval`` and ``--log-level``, checked; ValueError names the bad one."""
+    text = args.port.strip()
+    port = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise ValueError(
+            f"--port must be a whole number from 0 to 65535 (0 = any free port), got {args.port!r}"
+        )
+    try:
+        interval = float(args.interval)
+    except ValueError:
+        interval = -1.0
+    if not (math.isfinite(interval) and interval >= 0):
+        raise ValueError(f"--interval must be 0 (no timer) or more seconds, got {args.interval!r}")
+    levels = typing.get_args(LogLevel)
+    if args.log_level.upper() not in levels:
+        raise ValueError(f"--log-level must be one of {', '.join(levels)}, got {args.log_level!r}")
+    return port, interval, args.log_level.upper()
+
+
+def _listen(args: argparse.Namespace, port: int) -> Simulator:
+    """A simulator bound to ``--host``:``port``; ValueError says why it cannot listen there."""
+    try:
+        return Simulator(args.host, port, SEPARATORS[args.separator], busy=args.busy)
+    except OSError as exc:
+        reason = describe_listen_error(exc)
+        raise ValueError(f"cannot listen on {args.host}:{port}: {reason}") from None
+
+
 def _read_stdin(simulator: Simulator, profiles: tuple[str, ...]) -> None:
-    """On-demand events: one line, one action."""
+    """On-demand events: one line, one action (``bridge.console``); a refused line says why."""
     for line in sys.stdin:
-        word = line.strip()
         try:
-            if word.startswith("{"):
-                json.loads(word)
-                simulator.send_raw(word.encode() + simulator.separator)
-            elif word == "drop":
-                simulator.drop_client()
-            elif word in ("insert", "remove"):
-                simulator.emit(profile=profiles[0], move=word.capitalize())
-            else:
-                simulator.emit(profile=word if word in PROFILES else profiles[0])
-        except (OSError, ValueError) as exc:
+            act(simulator, line, profiles)
+        except (InputError, OSError) as exc:
             print(f"not sent: {exc}", file=sys.stderr)
 
 

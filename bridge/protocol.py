@@ -16,6 +16,12 @@ structure (strings, escapes, nesting) to find where an object ends, and gives ba
   object over the cap, an object that never closed) with the reason, for the caller to log
   and count. It then resynchronises on the next ``{`` and goes on.
 
+Bytes between objects that cannot start one are junk, reported as one "not JSON" run per
+line, not per word: a run starts at its first junk byte, goes on across spaces and tabs
+(trailing ones included, so a run is everything from its start to its end) and ends at CR,
+LF, NUL or a ``{``, which starts the next object. A run longer than the cap is reported in
+pieces of the cap, and only its first bytes are kept as the sample.
+
 An object "never closes" when a byte arrives that JSON cannot have at that place: a raw
 control character (CR, LF, NUL, ...) inside a string, a NUL between tokens, a ``{`` where no
 value may start, a string right after a value. Such a ``{`` begins the next object. And since
@@ -44,7 +50,8 @@ _STRUCTURAL: Final = b'{}[]:,"'
 _STRING_STARTERS: Final = b"{[:,"
 
 _IDLE_SEPARATORS = re.compile(rb"[ \t\r\n\x00]*")
-_IDLE_JUNK = re.compile(rb"[^ \t\r\n\x00{]*")
+_IDLE_JUNK = re.compile(rb"[^\r\n\x00{]*")  # a junk run goes on across spaces and tabs
+_RUN_ENDS: Final = b"\r\n\x00"
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
 # In the fast path, what a compact flat object (what the reader sends, PROTOCOL.md 1) has no
 # byte of after its "{": whitespace or control bytes, or the start of a nested container.
@@ -122,7 +129,8 @@ class StreamDecoder:
         self._last = 0  # last significant byte outside strings
         self._gap = False  # whitespace followed a bare token
         self._rescanning = False
-        self._junk = 0
+        self._in_junk = False  # inside a junk run (it may have been reported up to the cap)
+        self._junk = 0  # bytes of the run not reported yet
         self._junk_sample = bytearray()
 
     @property
@@ -145,7 +153,7 @@ class StreamDecoder:
 
     def _idle_step(self, data: bytes, pos: int, out: list[Item]) -> int:
         byte = data[pos]
-        if byte in _SEPARATORS:
+        if byte in (_RUN_ENDS if self._in_junk else _SEPARATORS):
             self._end_junk(out)
             return _match_end(_IDLE_SEPARATORS, data, pos, len(data))
         if byte == 0x7B:  # "{"
@@ -155,13 +163,14 @@ class StreamDecoder:
                 return fast
             self._start_object()
             return pos
+        self._in_junk = True
         room = self.max_object - self._junk
         stop = _match_end(_IDLE_JUNK, data, pos, min(len(data), pos + room))
         if len(self._junk_sample) < SAMPLE_SIZE:
             self._junk_sample += data[pos : min(stop, pos + SAMPLE_SIZE - len(self._junk_sample))]
         self._junk += stop - pos
         if self._junk >= self.max_object:
-            self._end_junk(out)  # report long junk in bounded pieces
+            self._report_junk(out)  # a long run in bounded pieces; the run goes on
         return stop
 
     def _fast_object(self, data: bytes, pos: int, out: list[Item]) -> int:
@@ -184,6 +193,10 @@ class StreamDecoder:
         return end
 
     def _end_junk(self, out: list[Item]) -> None:
+        self._report_junk(out)
+        self._in_junk = False
+
+    def _report_junk(self, out: list[Item]) -> None:
         if self._junk:
             out.append(Skipped("not JSON", self._junk, bytes(self._junk_sample)))
             self._junk = 0

@@ -9,22 +9,36 @@ and each command logged with its meaning.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import math
 import queue
 import random
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Final, Literal
 
 from bridge.protocol import Frame, StreamDecoder
+from bridge.tag import PROFILES, Clock, EventFactory
+
+__all__ = [  # PROFILES and EventFactory too: callers took them from here first
+    "PROFILES",
+    "SEPARATORS",
+    "Busy",
+    "EventFactory",
+    "Simulator",
+    "TagNotOnReaderError",
+    "describe_command",
+    "describe_listen_error",
+]
 
 log = logging.getLogger(__name__)
 
 SEPARATORS: Final = {"crlf": b"\r\n", "lf": b"\n", "nul": b"\x00", "space": b" ", "none": b""}
-PROFILES: Final = ("nfc", "ble", "uhf")
 SEQUENCES: Final = {
     "05": "cancel (all off)",
     "06": "startup",
@@ -45,6 +59,25 @@ SEQUENCES: Final = {
 }
 
 Busy = Literal["close", "hang"]
+Wait = Callable[[float], bool]
+"""Sleeps up to the given seconds; True means "stop now" (``threading.Event.wait``)."""
+
+
+class TagNotOnReaderError(LookupError):
+    """A Remove was asked for a tag that is not on the simulated reader."""
+
+
+def describe_listen_error(exc: OSError) -> str:
+    """Why the simulator cannot listen on its address, in words that point at the fix."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is in use (choose another --port, or 0 for any free one)"
+    if exc.errno == errno.EACCES:
+        return "not allowed (ports below 1024 need privileges: choose another --port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine (check --host)"
+    # socket.create_server appends "(while attempting to bind on address ...)": the caller's
+    # line names the address already.
+    return (exc.strerror or str(exc)).split(" (while attempting", 1)[0]
 
 
 def describe_command(command: dict[str, object]) -> str:
@@ -79,58 +112,11 @@ def _led_mode(byte: str) -> str:
     return f"blink(freq {code >> 4}, pattern {code & 0x0F})"
 
 
-class EventFactory:
-    """Builds realistic READER EVENTs (key order as the reader sends them)."""
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()  # noqa: S311 - test data
-        self._boot = self._rng.randint(1, 999)
-        self._started = time.monotonic()
-
-    def _hex(self, size: int) -> str:
-        return "".join(f"{self._rng.randrange(256):02X}" for _ in range(size))
-
-    def _uptime(self) -> str:
-        return f"{self._boot}:{time.monotonic() - self._started:.3f}"
-
-    def make(
-        self, profile: str, move: str | None = None, tag_id: str | None = None
-    ) -> dict[str, object]:
-        event: dict[str, object]
-        if profile == "ble":
-            event = {
-                "Interface": "bluetooth",
-                "Protocol": self._rng.choice(["BLE", "iBeacon", "Eddystone"]),
-                "Template": 0,
-                "TagId": tag_id or self._hex(6),
-                "RSSI": -self._rng.randint(40, 95),
-                "TagData": self._hex(25),
-            }
-        elif profile == "uhf":
-            event = {
-                "Interface": "900",
-                "Protocol": "UHF-EPC",
-                "Template": 1,
-                "TagId": tag_id or "E280" + self._hex(10),
-                "RSSI": -self._rng.randint(30, 80),
-            }
-        else:
-            uid = tag_id or "04" + self._hex(6)
-            event = {
-                "Interface": "13.56",
-                "Protocol": "NFC-A",
-                "Template": 1,
-                "TagId": uid,
-                "TagData": "00" + uid,
-            }
-        if move:
-            event["Move"] = move
-        event["Uptime"] = self._uptime()
-        return event
-
-
 class Simulator:
-    """A reader on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
+    """A reader on ``host:port`` (port 0 picks a free one; see :attr:`port`).
+
+    ``clock`` times the timer and the events' ``Uptime``; tests pass a fake one.
+    """
 
     def __init__(
         self,
@@ -139,10 +125,15 @@ class Simulator:
         separator: bytes = b"\r\n",
         busy: Busy = "close",
         seed: int | None = None,
+        *,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.separator = separator
         self.busy = busy
-        self.factory = EventFactory(random.Random(seed))  # noqa: S311 - test data
+        self.factory = EventFactory(random.Random(seed), clock)  # noqa: S311 - test data
+        self._clock = clock
+        self._tags: list[dict[str, object]] = []  # Insert events of the tags on the reader
+        self._tags_lock = threading.Lock()
         self.commands: queue.Queue[dict[str, object]] = queue.Queue()
         self.accepted = 0
         self.turned_away = 0
@@ -201,6 +192,28 @@ class Simulator:
         data = json.dumps(event, separators=(",", ":")).encode() + self.separator
         self.send_raw(data)
         return data
+
+    def insert(self, profile: str = "nfc") -> dict[str, object]:
+        """Put a new tag on the reader: send its Insert event and return it."""
+        event = self.factory.make(profile, "Insert")
+        self.emit(event)  # raises without a client: then no tag was put on
+        with self._tags_lock:
+            self._tags.append(event)
+        return event
+
+    def remove(self, tag_id: str | None = None) -> dict[str, object]:
+        """Take a tag off the reader (``tag_id``, or the last one inserted): send its Remove
+        event and return it. The tag is off even if that send fails, as a card lifted from a
+        reader whose host is away; :class:`TagNotOnReaderError` if no such tag is on."""
+        with self._tags_lock:
+            on = [i for i, tag in enumerate(self._tags) if tag_id in (None, tag["TagId"])]
+            if not on:
+                where = "no tag is on" if tag_id is None else f"tag {tag_id} is not on"
+                raise TagNotOnReaderError(f"{where} the reader")
+            inserted = self._tags.pop(on[-1])
+        event = self.factory.removal(inserted)
+        self.emit(event)
+        return event
 
     def send_raw(self, data: bytes) -> None:
         """Write bytes as they are (garbage, halves of objects...). Raises if no client."""
@@ -279,22 +292,43 @@ class Simulator:
         sock.close()
         log.info("client disconnected")
 
-    def run_timer(self, interval: float, profiles: tuple[str, ...], moves: bool) -> None:
-        """Emit an event every ``interval`` s while a client is connected, until stopped."""
-        while not self._stop.wait(interval):
-            if not self.has_client:
-                continue
-            profile = random.choice(profiles)  # noqa: S311 - test data
-            try:
-                if moves:
-                    event = self.factory.make(profile, "Insert")
-                    self.emit(event)
-                    removal = dict(
-                        event, Move="Remove", Uptime=self.factory.make(profile)["Uptime"]
-                    )
-                    self._stop.wait(min(1.0, interval / 2))
-                    self.emit(removal)
-                else:
-                    self.emit(profile=profile)
-            except OSError as exc:
-                log.info("could not send: %s", exc)
+    def run_timer(
+        self, interval: float, profiles: tuple[str, ...], moves: bool, wait: Wait | None = None
+    ) -> None:
+        """Emit an event every ``interval`` s while a client is connected, until stopped.
+
+        Ticks are at fixed times, start + k * interval on the simulator's clock, so neither
+        the time a send takes nor a Remove's hold stretches the period; a tick missed while
+        the process could not run is skipped, not made up in a burst. With ``moves`` each
+        tick puts a tag on (Insert) and takes it off ``min(1, interval / 2)`` s later
+        (Remove). ``wait`` sleeps and says when to stop (default: until :meth:`stop`).
+        """
+        if not interval > 0:
+            raise ValueError(f"interval must be more than 0 s, got {interval}")
+        wait = wait or self._stop.wait
+        hold = min(1.0, interval / 2) if moves else None
+        start, tick = self._clock(), 1
+        while not self._wait_until(start + tick * interval, wait):
+            if self.has_client:
+                self._tick(random.choice(profiles), hold, start + tick * interval, wait)  # noqa: S311
+            tick = max(tick + 1, math.ceil((self._clock() - start) / interval))
+
+    def _tick(self, profile: str, hold: float | None, due: float, wait: Wait) -> None:
+        try:
+            if hold is None:
+                self.emit(profile=profile)
+                return
+            tag_id = str(self.insert(profile)["TagId"])
+            if not self._wait_until(due + hold, wait):
+                self.remove(tag_id)
+        except OSError as exc:
+            log.info("could not send: %s", exc)
+        except TagNotOnReaderError:
+            pass  # taken off by hand (the console's "remove") during the hold
+
+    def _wait_until(self, deadline: float, wait: Wait) -> bool:
+        """Sleep until ``deadline`` on the simulator's clock; True if told to stop."""
+        stopped = wait(max(0.0, deadline - self._clock()))
+        while not stopped and self._clock() < deadline:  # a wait may end a little early
+            stopped = wait(deadline - self._clock())
+        return stopped

@@ -462,6 +462,35 @@ def test_junk_longer_than_the_default_cap_holds_only_a_sample() -> None:
     )
 
 
+def not_json(run: bytes, max_object: int) -> list[Item]:
+    """The Skipped items for one junk ``run``: pieces of ``max_object`` bytes, then the rest."""
+    pieces = [run[start : start + max_object] for start in range(0, len(run), max_object)]
+    return [Skipped("not JSON", len(piece), piece[:SAMPLE_SIZE]) for piece in pieces]
+
+
+JUNK_LINE = b"$SCRDR; UID=047DAE02C84080;\tUPT=699:16.850 "  # 42 bytes, spaces and a tab inside
+
+
+@pytest.mark.parametrize(
+    "max_object", [len(JUNK_LINE), len(JUNK_LINE) - 1, 16, 2], ids=["at", "one under", "16", "2"]
+)
+def test_junk_line_with_spaces_is_one_run_up_to_the_cap(max_object: int) -> None:
+    # Exactly at the cap: one item; one byte over: the cap, then that byte; pieces always.
+    expected = [*not_json(JUNK_LINE, max_object), frame(b"{}")]
+    assert_decodes_in_every_chunking(JUNK_LINE + b"\r\n{}", expected, max_object)
+
+
+def test_junk_piece_cut_before_a_space_goes_on_with_that_space() -> None:
+    # The cap ends a piece, not the run: the space after it is junk, not a separator.
+    run = b"a" * 16 + b" bc\td"
+    expected: list[Item] = [
+        Skipped("not JSON", 16, b"a" * 16),
+        Skipped("not JSON", 5, b" bc\td"),
+        frame(b"{}"),
+    ]
+    assert_decodes_in_every_chunking(run + b"\n{}", expected, 16)
+
+
 @pytest.mark.parametrize("max_object", [1, 0, -1, -65536])
 def test_cap_below_two_bytes_is_a_protocol_error(max_object: int) -> None:
     with pytest.raises(ProtocolError, match=f"at least 2 bytes, got {max_object}$"):
@@ -477,9 +506,22 @@ GOOD = frame(NFC_A)
 GARBAGE = {
     "binary noise": (b"\x01\x02\xfe\xff\x7f\r\n", [Skipped(NOT_JSON, 5, b"\x01\x02\xfe\xff\x7f")]),
     "noise glued to the event": (b"garbage", [Skipped(NOT_JSON, 7, b"garbage")]),
-    "noise split by separators": (
-        b"ab\tcd ef\x00gh\r\n",
-        [Skipped(NOT_JSON, 2, piece) for piece in (b"ab", b"cd", b"ef", b"gh")],
+    # A run of junk goes on across spaces and tabs and ends at CR, LF, NUL or "{" (protocol.py).
+    "a garbage line is one run": (
+        b"hello world garbage\r\n",
+        [Skipped(NOT_JSON, 19, b"hello world garbage")],
+    ),
+    "noise split by line ends and NUL, not by spaces": (
+        b"ab\tcd ef\x00gh ij\rkl\nmn\r\n",
+        [Skipped(NOT_JSON, len(run), run) for run in (b"ab\tcd ef", b"gh ij", b"kl", b"mn")],
+    ),
+    "spaces before a run are separators, after it part of it": (
+        b" \t hello world \t \r\n",
+        [Skipped(NOT_JSON, 14, b"hello world \t ")],
+    ),
+    "a run ends at the brace of the next object": (
+        b"junk before the event ",
+        [Skipped(NOT_JSON, 22, b"junk before the event ")],
     ),
     "$SCRDR text line": (
         b"$SCRDR;T=NFC-A;UID=047DAE02C84080;UPT=699:16.850\r\n",
@@ -488,6 +530,10 @@ GARBAGE = {
     "JSON that is not an object": (
         b'[1,2]\n"x"\n42\n',
         [Skipped(NOT_JSON, 5, b"[1,2]"), Skipped(NOT_JSON, 3, b'"x"'), Skipped(NOT_JSON, 2, b"42")],
+    ),
+    "JSON that is not an object, on one line": (
+        b'[1,2] "x" 42 null\r\n',
+        [Skipped(NOT_JSON, 17, b'[1,2] "x" 42 null')],
     ),
     "stray closing brace": (b"}", [Skipped(NOT_JSON, 1, b"}")]),
     "invalid UTF-8 in a string": (
@@ -731,6 +777,40 @@ def test_chunking_does_not_change_the_items(
 ) -> None:
     whole, chunks = stream
     assert comparable(feed_chunks(chunks, max_object)) == comparable(feed_whole(whole, max_object))
+
+
+junk_words = (
+    st.binary(min_size=1, max_size=30)
+    .map(lambda word: word.translate(None, delete=b" \t\r\n\x00{"))
+    .filter(bool)
+)
+"""Bytes that cannot start an object and are no separator: junk, whatever else they hold."""
+blanks = st.text(" \t", min_size=1, max_size=3).map(str.encode)
+LINE_ENDS = {b"\r\n": [], b"\n": [], b"\r": [], b"\x00": [], b"{}": [frame(b"{}")]}
+"""What ends a junk run, and the items that ending itself gives."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(junk_words, blanks), min_size=1, max_size=8),
+    st.sampled_from([b"", b" ", b"\t \r\n\x00"]),
+    st.sampled_from(sorted(LINE_ENDS)),
+    caps,
+    st.data(),
+)
+def test_junk_line_is_one_run_in_any_chunking(
+    words: list[tuple[bytes, bytes]],
+    before: bytes,
+    line_end: bytes,
+    max_object: int,
+    data: st.DataObject,
+) -> None:
+    # Words and the blanks after each (trailing ones too) make one run, cut only by the cap.
+    run = b"".join(word + blank for word, blank in words)
+    whole = before + run + line_end
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(whole)), max_size=12))
+    expected = [*not_json(run, max_object), *LINE_ENDS[line_end]]
+    assert comparable(feed_chunks(split(whole, *sorted(cuts)), max_object)) == comparable(expected)
 
 
 flat_objects = st.dictionaries(
