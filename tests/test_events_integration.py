@@ -140,7 +140,7 @@ def test_a_burst_faster_than_the_broker_loses_nothing_while_it_is_connected(
     assert seqs == list(range(seqs[0], seqs[0] + BURST))
     assert not any("late" in m.properties for m in received)  # the broker never left
     # Those that queued behind the burst for over a second say how long they waited.
-    assert all(int(m.properties.get("age_ms", 1001)) > 1000 for m in received)
+    assert all(int(m.properties.get("age_ms", 1000)) >= 1000 for m in received)
     assert bridge.mqtt.dropped == {"size": 0, "age": 0}
 
 
