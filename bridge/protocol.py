@@ -1,13 +1,13 @@
 """Frames READER EVENT objects out of the reader's TCP byte stream.
 
 No I/O happens here: no socket, no clock, no logging. The caller feeds bytes and gets
-frames back, like h11's ``receive_data``/``next_event`` (see STYLE.md), so every split
+frames back, like h11's ``receive_data``/``next_event`` (see docs/architecture.md), so every split
 point and every garbage pattern can be tested without a network.
 
-What the reader sends (PROTOCOL.md §1): compact JSON objects, separated by CR LF, LF, NUL,
-spaces or nothing at all, never announced, sometimes long (a template's ``TagData``), up to
-64 kB. One ``recv`` is not one message. The decoder therefore tracks just enough JSON
-structure (strings, escapes, nesting) to find where an object ends, and gives back:
+What the reader sends (docs/reader-protocol.md §1): compact JSON objects, separated by CR LF, LF,
+NUL, spaces or nothing at all, never announced, sometimes long (a template's ``TagData``), up to 64
+kB. One ``recv`` is not one message. The decoder therefore tracks just enough JSON structure
+(strings, escapes, nesting) to find where an object ends, and gives back:
 
 * :class:`Frame` - a complete, valid JSON object, re-serialised compact by dropping the
   whitespace outside strings, so keys, values, key order and number spelling are exactly
@@ -53,8 +53,8 @@ _IDLE_SEPARATORS = re.compile(rb"[ \t\r\n\x00]*")
 _IDLE_JUNK = re.compile(rb"[^\r\n\x00{]*")  # a junk run goes on across spaces and tabs
 _RUN_ENDS: Final = b"\r\n\x00"
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
-# In the fast path, what a compact flat object (what the reader sends, PROTOCOL.md 1) has no
-# byte of after its "{": whitespace or control bytes, or the start of a nested container.
+# In the fast path, what a compact flat object (what the reader sends, docs/reader-protocol.md §1)
+# has no byte of after its "{": whitespace or control bytes, or the start of a nested container.
 _NOT_FLAT = re.compile(rb"[\x00-\x20{\[]")
 _PLAIN_RUN = re.compile(rb'[^ \t\r\n"{}\[\]:,\x00-\x1f]+')  # numbers, true, false, null
 

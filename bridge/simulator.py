@@ -1,6 +1,6 @@
 """A SpringCore reader simulator: the TCP server side of "Smart Reader + JSON over TCP".
 
-Like the reader (PROTOCOL.md §1) it serves one client at a time, sends READER EVENTs and
+Like the reader (docs/reader-protocol.md §1) it serves one client at a time, sends READER EVENTs and
 never a greeting, and takes READER COMMANDs without replying. It is the double the tests
 use as the reader and a tool to try flows without hardware: events on a timer or on demand,
 and each command logged with its meaning.

@@ -1,6 +1,6 @@
 """Realistic READER EVENTs for the tags a simulated reader sees (NFC, BLE, UHF); no I/O here.
 
-Fields, their order and their spelling follow PROTOCOL.md §2; ``Uptime`` counts from the
+Fields, their order and their spelling follow docs/reader-protocol.md §2; ``Uptime`` counts from the
 factory's creation on the clock it is given, so a test can drive it.
 """
 

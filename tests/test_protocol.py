@@ -1,6 +1,6 @@
 """Tests for bridge.protocol, the sans-I/O decoder that frames READER EVENTs out of TCP bytes.
 
-Held to h11's bar (STYLE.md, "Tests"): golden byte sequences fed whole, one byte at a time and
+Held to h11's bar (docs/architecture.md §1): golden byte sequences fed whole, one byte at a time and
 split at every point; the caps at exactly the limit and one byte over; every kind of garbage the
 reader link can plausibly carry; and Hypothesis properties over arbitrary bytes in arbitrary
 chunks (h11's fuzz invariant: events or the decoder's own error, never more memory than the cap).
@@ -120,7 +120,8 @@ def compact(obj: object) -> bytes:
 
 
 def test_importing_the_decoder_pulls_in_no_io() -> None:
-    # Sans-I/O (STYLE.md): checked in a fresh interpreter, where nothing else imported them.
+    # Sans-I/O (docs/architecture.md §1): checked in a fresh interpreter, where nothing else
+    # imported them.
     banned = ["socket", "selectors", "asyncio", "ssl", "logging", "paho"]
     code = f"import sys, bridge.protocol; print(sorted(m for m in {banned!r} if m in sys.modules))"
     result = subprocess.run(
@@ -133,7 +134,7 @@ def test_importing_the_decoder_pulls_in_no_io() -> None:
     assert result.stdout.strip() == "[]"
 
 
-# -- golden reader events (PROTOCOL.md §2) ---------------------------------------------------
+# -- golden reader events (docs/reader-protocol.md §2) ------------------------------------
 
 NFC_A = (
     b'{"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"047DAE02C84080",'
