@@ -24,6 +24,7 @@ from tests.support import (
     bridge_command,
     bridge_env,
     free_port,
+    local_settings,
     wait_port,
     wait_until,
 )
@@ -99,15 +100,11 @@ def make_bridge(
     started: list[Bridge] = []
 
     def make(**overrides: object) -> Bridge:
-        defaults: dict[str, object] = {
-            "reader_host": "127.0.0.1",
-            "reader_port": simulator.port,
-            "mqtt_host": "127.0.0.1",
-            "mqtt_port": broker.port,
-            "device_id": device_id,
-            "spool_path": str(tmp_path / f"spool-{len(started)}.db"),
-        }
-        settings = load_settings(env_file=None, **{**defaults, **overrides})
+        spool = str(tmp_path / f"spool-{len(started)}.db")
+        settings = load_settings(
+            env_file=None,
+            **local_settings(simulator.port, broker.port, device_id, spool_path=spool, **overrides),
+        )
         bridge = Bridge(settings)
         bridge.start()
         started.append(bridge)

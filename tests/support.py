@@ -7,6 +7,7 @@ dropping sockets. The machine's own broker on 1883 is never used.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -202,6 +203,37 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) 
 def bridge_command(*args: str) -> list[str]:
     """The installed entry point, run with this interpreter."""
     return [sys.executable, "-m", "bridge", *args]
+
+
+def local_settings(
+    reader_port: int, mqtt_port: int, device_id: str, **overrides: object
+) -> dict[str, object]:
+    """Settings (as keyword values) that point a bridge at a reader and a broker on loopback."""
+    return {
+        "reader_host": "127.0.0.1",
+        "reader_port": reader_port,
+        "mqtt_host": "127.0.0.1",
+        "mqtt_port": mqtt_port,
+        "device_id": device_id,
+        **overrides,
+    }
+
+
+def local_env(reader_port: int, mqtt_port: int, device_id: str, **values: object) -> dict[str, str]:
+    """:func:`local_settings` as the environment of a ``run`` subprocess."""
+    settings = local_settings(reader_port, mqtt_port, device_id, **values)
+    return bridge_env(**{name: str(value) for name, value in settings.items()})
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from a listener on loopback: the status and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
 
 
 def bridge_env(**values: str) -> dict[str, str]:

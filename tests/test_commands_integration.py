@@ -30,7 +30,7 @@ from bridge.app import Bridge
 from bridge.config import load_settings
 from bridge.simulator import Simulator
 from bridge.topics import Topics
-from tests.support import Broker, Subscriber, wait_until
+from tests.support import Broker, Subscriber, local_settings, wait_until
 from tests.test_outage import Gate
 
 pytestmark = pytest.mark.integration
@@ -631,13 +631,13 @@ def test_retained_command_replayed_at_each_reconnection_is_refused_and_logged_on
         watcher.publish(topics.command, b'{"transaction":"stale","Sequence":"accept"}', retain=True)
         settings = load_settings(
             env_file=None,
-            reader_host="127.0.0.1",
-            reader_port=simulator.port,
-            mqtt_host="127.0.0.1",
-            mqtt_port=gate.port,
-            mqtt_protocol="3.1.1",
-            device_id=device_id,
-            spool_path=str(tmp_path / "spool.db"),
+            **local_settings(
+                simulator.port,
+                gate.port,
+                device_id,
+                mqtt_protocol="3.1.1",
+                spool_path=str(tmp_path / "spool.db"),
+            ),
         )
         bridge = Bridge(settings)
         bridge.start()

@@ -7,7 +7,6 @@ away, the broker is killed and restarted, a loop of the bridge is stopped.
 from __future__ import annotations
 
 import errno
-import http.client
 import io
 import json
 import logging
@@ -24,7 +23,7 @@ from bridge.app import Bridge
 from bridge.logs import JsonFormatter
 from bridge.probe import CheckResult, describe_reader_error
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, wait_until
+from tests.support import bridge_command, bridge_env, free_port, http_get, wait_until
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker, Subscriber
@@ -49,14 +48,7 @@ BROKER_CONNECTS = 'springcore_bridge_connections_total{link="broker"}'
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+get = http_get
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -37,6 +37,7 @@ from tests.support import (
     bridge_command,
     bridge_env,
     free_port,
+    local_settings,
     reaped,
     wait_until,
 )
@@ -201,13 +202,7 @@ def gated_bridge(
 
     def make(**overrides: Any) -> Bridge:
         settings = load_settings(
-            env_file=None,
-            reader_host="127.0.0.1",
-            reader_port=simulator.port,
-            mqtt_host="127.0.0.1",
-            mqtt_port=gate.port,
-            device_id=device_id,
-            **overrides,
+            env_file=None, **local_settings(simulator.port, gate.port, device_id, **overrides)
         )
         bridge = Bridge(settings)
         bridge.start()
@@ -450,13 +445,13 @@ def test_no_more_events_in_flight_than_the_brokers_receive_maximum(
     gate.open()
     settings = load_settings(
         env_file=None,
-        reader_host="127.0.0.1",
-        reader_port=simulator.port,
-        mqtt_host="127.0.0.1",
-        mqtt_port=gate.port,
-        device_id=device_id,
-        ha_discovery=False,  # no bridge/live copies: one message per event
-        spool_path=str(tmp_path / "spool.db"),
+        **local_settings(
+            simulator.port,
+            gate.port,
+            device_id,
+            ha_discovery=False,  # no bridge/live copies: one message per event
+            spool_path=str(tmp_path / "spool.db"),
+        ),
     )
     bridge = Bridge(settings)
     bridge.start()

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, reaped, run_fresh, start_logged
+from tests.support import (
+    bridge_command,
+    bridge_env,
+    free_port,
+    local_env,
+    reaped,
+    run_fresh,
+    start_logged,
+)
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker, Subscriber
@@ -153,14 +161,12 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
     secret_file.write_text(password + "\n")
     base = f"springcard/springcore/{device_id}"
     sub = subscribe(f"{base}/#")
-    env = bridge_env(
-        reader_host="127.0.0.1",
-        reader_port=str(simulator.port),
-        mqtt_host="127.0.0.1",
-        mqtt_port=str(broker.port),
-        device_id=device_id,
+    env = local_env(
+        simulator.port,
+        broker.port,
+        device_id,
         mqtt_username="bridge-user",  # the password is sent only with a user name
-        mqtt_password_file=str(secret_file),
+        mqtt_password_file=secret_file,
     )
     log = tmp_path / "bridge.log"
     # A decoy package in the working directory: the console script never loads it, nor may

@@ -8,7 +8,6 @@ this process or, through a ``sitecustomize`` module, inside a ``run`` subprocess
 
 from __future__ import annotations
 
-import http.client
 import logging
 import queue
 import signal
@@ -25,7 +24,16 @@ from bridge.config import load_settings
 from bridge.mqtt.client import Client
 from bridge.runner import EXIT_FATAL
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, reaped, start_logged, wait_until
+from tests.support import (
+    bridge_command,
+    free_port,
+    http_get,
+    local_env,
+    local_settings,
+    reaped,
+    start_logged,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from tests.support import Broker, Subscriber
@@ -80,15 +88,10 @@ def fatal_bridge(
     started: list[Bridge] = []
 
     def make(**overrides: object) -> tuple[Bridge, queue.Queue[str]]:
+        spool = str(tmp_path / "spool.db")
         settings = load_settings(
             env_file=None,
-            reader_host="127.0.0.1",
-            reader_port=simulator.port,
-            mqtt_host="127.0.0.1",
-            mqtt_port=broker.port,
-            device_id=device_id,
-            spool_path=str(tmp_path / "spool.db"),
-            **overrides,
+            **local_settings(simulator.port, broker.port, device_id, spool_path=spool, **overrides),
         )
         deaths: queue.Queue[str] = queue.Queue()
         bridge = Bridge(settings, on_fatal=deaths.put)
@@ -99,16 +102,6 @@ def fatal_bridge(
     yield make
     for bridge in started:
         bridge.stop(timeout=1.0)
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def test_death_of_pahos_network_thread_is_logged_named_and_fatal(
@@ -122,7 +115,7 @@ def test_death_of_pahos_network_thread_is_logged_named_and_fatal(
     assert bridge.mqtt.wait_connected(10)
     assert simulator.wait_client()
     wait_until(lambda: bridge.reader.is_up, "the reader link")
-    assert get(port, "/healthz") == (200, "alive\n")
+    assert http_get(port, "/healthz") == (200, "alive\n")
 
     def broken_read(self: Client, max_packets: int = 1) -> MQTTErrorCode:
         raise RuntimeError(FAULT)
@@ -131,9 +124,9 @@ def test_death_of_pahos_network_thread_is_logged_named_and_fatal(
     simulator.emit()  # its PUBACK wakes the network thread, which now raises
     assert deaths.get(timeout=10) == "mqtt-network"
     assert "mqtt-network" in bridge.dead_loops()
-    assert get(port, "/healthz") == (503, "dead: stopped loop(s): mqtt-network\n")
+    assert http_get(port, "/healthz") == (503, "dead: stopped loop(s): mqtt-network\n")
     assert not bridge.mqtt.is_connected  # /readyz no longer claims a live broker session
-    assert get(port, "/readyz")[0] == 503
+    assert http_get(port, "/readyz")[0] == 503
     died = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert died, "no CRITICAL line"
     assert died[0].exc_info is not None
@@ -168,14 +161,7 @@ def test_run_exits_non_zero_with_the_traceback_when_a_loop_dies(
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     fault = tmp_path / "fault"
-    env = bridge_env(
-        reader_host="127.0.0.1",
-        reader_port=str(simulator.port),
-        mqtt_host="127.0.0.1",
-        mqtt_port=str(broker.port),
-        device_id=device_id,
-        spool_path=str(tmp_path / "spool.db"),
-    )
+    env = local_env(simulator.port, broker.port, device_id, spool_path=tmp_path / "spool.db")
     env["PYTHONPATH"] = f"{hooks}:{env['PYTHONPATH']}"
     env["FAULT_FILE"] = str(fault)
     status = subscribe(f"springcard/springcore/{device_id}/status")
@@ -202,14 +188,7 @@ def test_an_outside_sigusr2_does_not_stop_a_healthy_bridge(
     device_id: str,
     tmp_path: Path,
 ) -> None:
-    env = bridge_env(
-        reader_host="127.0.0.1",
-        reader_port=str(simulator.port),
-        mqtt_host="127.0.0.1",
-        mqtt_port=str(broker.port),
-        device_id=device_id,
-        spool_path=str(tmp_path / "spool.db"),
-    )
+    env = local_env(simulator.port, broker.port, device_id, spool_path=tmp_path / "spool.db")
     sub = subscribe(f"springcard/springcore/{device_id}/#")
     process = start_logged(bridge_command("run"), tmp_path, env, tmp_path / "bridge.log")
     with reaped(process):
