@@ -35,6 +35,16 @@ if TYPE_CHECKING:  # imported when the listener starts: prometheus_client adds ~
 log = logging.getLogger(__name__)
 
 COMMAND_QUEUE = 100
+RETAINED_REMEMBERED = 1000
+"""Retained payloads whose refusal was logged, remembered so that it is logged once."""
+
+
+def transaction_of(payload: bytes) -> object:
+    """The ``transaction`` of a command payload, valid or not, for its result."""
+    try:
+        return parse_command(payload).transaction
+    except CommandError as exc:
+        return exc.transaction
 
 
 def result_payload(
@@ -76,10 +86,7 @@ class CommandWorker:
         try:
             self._queue.put_nowait(incoming)
         except queue.Full:
-            try:
-                transaction = parse_command(incoming.payload).transaction
-            except CommandError as exc:
-                transaction = exc.transaction
+            transaction = transaction_of(incoming.payload)
             self._reply(incoming, transaction, error="too many commands waiting; dropped")
 
     def stop(self) -> None:
@@ -139,16 +146,15 @@ class CommandWorker:
             log.info("the retained message on %s was cleared", self._topic)
             self._reply(incoming, None, error="empty retained message (a clearing); nothing sent")
             return
-        try:
-            transaction = parse_command(incoming.payload).transaction
-        except CommandError as exc:
-            transaction = exc.transaction
+        transaction = transaction_of(incoming.payload)
         error = (
             "retained command refused: it would run again on every reconnection; publish "
             "commands without the retain flag, and clear this one (an empty retained message)"
         )
         digest = hashlib.sha256(incoming.payload).digest()
         if digest not in self._retained_seen:
+            if len(self._retained_seen) >= RETAINED_REMEMBERED:
+                self._retained_seen.clear()  # a flood of distinct ones: say them again
             self._retained_seen.add(digest)
             log.warning(
                 "%s on %s: %s",

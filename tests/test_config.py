@@ -344,6 +344,30 @@ def test_config_error_line_names_variable_value_and_expectation():
     assert "65535" in line
 
 
+def test_outbox_is_bounded_in_megabytes_on_disk_or_in_memory_never_by_count():
+    on_disk = settings(spool_path="/data/spool.db").outbox()
+    assert (on_disk.spool_path, on_disk.max_bytes) == (Path("/data/spool.db"), 256 * 1024 * 1024)
+    assert settings(spool_max_mb="0.5").outbox().max_bytes == 512 * 1024
+    in_memory = settings(spool_path="none", memory_max_mb="8").outbox()
+    assert (in_memory.spool_path, in_memory.max_bytes) == (None, 8 * 1024 * 1024)
+    assert in_memory.max_age == 7 * 86400
+    assert problems(spool_max_mb="0") == [
+        "BRIDGE_SPOOL_MAX_MB: Input should be greater than 0, got '0'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "live"),
+    [
+        ({}, 3.0),  # Home Assistant discovery (on by default) reads bridge/live
+        ({"ha_discovery": "false"}, None),
+        ({"ha_discovery": "false", "live_topic": "true", "live_max_age": "1.5"}, 1.5),
+    ],
+)
+def test_bridge_live_is_on_with_discovery_or_when_asked(values: dict[str, str], live: object):
+    assert settings(**values).live_max_age_or_none() == live
+
+
 def test_every_setting_has_a_one_line_description():
     missing = [name for name, info in Settings.model_fields.items() if not info.description]
     assert missing == []

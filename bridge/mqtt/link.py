@@ -149,6 +149,7 @@ class MqttLink:
         self._state = _Shared()
         self._stopping = False
         self._socket_opened = False  # since the last on_disconnect (paho's thread only)
+        self._ack_batch = ACK_BATCH  # acknowledgements that wake the pump (see on_connect)
         self._connects = 0
         self._watch = ConnectionWatch(options, topics.device_id)
         self._client = self._make_client()
@@ -439,7 +440,7 @@ class MqttLink:
             )
 
     def _acks_batched(self) -> bool:
-        return self._delivery.waiting_acks() >= ACK_BATCH
+        return self._delivery.waiting_acks() >= self._ack_batch
 
     def _has_work(self) -> bool:
         state = self._state
@@ -571,7 +572,8 @@ class MqttLink:
             # MQTT 5 3.3.4: no more QoS 1 messages in flight than the broker's Receive
             # Maximum (Mosquitto's max_inflight_messages); paho itself ignores it.
             receive_maximum = getattr(properties, "ReceiveMaximum", None)
-            self._delivery.window = min(WINDOW, receive_maximum or WINDOW)
+            window = self._delivery.window = min(WINDOW, receive_maximum or WINDOW)
+            self._ack_batch = max(1, min(ACK_BATCH, window // 2))  # a smaller window: sooner
             self._set_reconnect_delay(client)  # back to normal after a takeover's long wait
             self._watch.connected()
         except Exception:
@@ -662,7 +664,8 @@ class MqttLink:
             self._delivery.acknowledged(mid, str(reason_code) if reason_code.is_failure else None)
             state = self._state  # plain reads: a missed wake-up costs STRAGGLER s at most
             # once per batch: the pump checks _acks_batched() itself before it waits
-            if state.watched or (state.backlog and self._delivery.waiting_acks() == ACK_BATCH):
+            batch = self._ack_batch
+            if state.watched or (state.backlog and self._delivery.waiting_acks() == batch):
                 with self._cond:  # else nobody waits: applied by the next publisher
                     self._cond.notify_all()
         except Exception:
