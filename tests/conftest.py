@@ -101,10 +101,8 @@ def make_bridge(
 
     def make(**overrides: object) -> Bridge:
         spool = str(tmp_path / f"spool-{len(started)}.db")
-        settings = load_settings(
-            env_file=None,
-            **local_settings(simulator.port, broker.port, device_id, spool_path=spool, **overrides),
-        )
+        defaults = local_settings(simulator.port, broker.port, device_id, spool_path=spool)
+        settings = load_settings(env_file=None, **{**defaults, **overrides})
         bridge = Bridge(settings)
         bridge.start()
         started.append(bridge)

@@ -201,9 +201,8 @@ def gated_bridge(
     started: list[Bridge] = []
 
     def make(**overrides: Any) -> Bridge:
-        settings = load_settings(
-            env_file=None, **local_settings(simulator.port, gate.port, device_id, **overrides)
-        )
+        defaults = local_settings(simulator.port, gate.port, device_id)
+        settings = load_settings(env_file=None, **{**defaults, **overrides})
         bridge = Bridge(settings)
         bridge.start()
         started.append(bridge)

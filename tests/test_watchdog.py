@@ -89,10 +89,8 @@ def fatal_bridge(
 
     def make(**overrides: object) -> tuple[Bridge, queue.Queue[str]]:
         spool = str(tmp_path / "spool.db")
-        settings = load_settings(
-            env_file=None,
-            **local_settings(simulator.port, broker.port, device_id, spool_path=spool, **overrides),
-        )
+        defaults = local_settings(simulator.port, broker.port, device_id, spool_path=spool)
+        settings = load_settings(env_file=None, **{**defaults, **overrides})
         deaths: queue.Queue[str] = queue.Queue()
         bridge = Bridge(settings, on_fatal=deaths.put)
         bridge.start()
