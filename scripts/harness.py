@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -123,3 +124,65 @@ class ProcStat:
                     total += int(line.split()[1])
         self._switches = total
         return total
+
+
+def has_schedstat() -> bool:
+    """Whether this kernel keeps ``/proc/<pid>/task/<tid>/schedstat`` (CONFIG_SCHED_INFO)."""
+    return Path(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat").exists()
+
+
+@dataclass(frozen=True)
+class ThreadTime:
+    """What the scheduler counted for the threads of a process: nanoseconds on a CPU and
+    the times a thread was put on one (the first and third fields of ``schedstat``)."""
+
+    cpu_ns: int = 0
+    slices: int = 0
+
+    def __sub__(self, other: ThreadTime) -> ThreadTime:
+        return ThreadTime(self.cpu_ns - other.cpu_ns, self.slices - other.slices)
+
+
+class ThreadClock:
+    """CPU time of one process from ``/proc/<pid>/task/*/schedstat``, summed over its threads.
+
+    Nanoseconds from the scheduler, not the utime/stime of ``/proc/<pid>/stat``, which count
+    whole ticks (1/CLOCK_TICKS s, 10 ms here) and cannot resolve a process that runs for a few
+    microseconds a second. A thread's counters vanish with it, so the clock accumulates: each
+    :meth:`read` adds what every thread ran since the previous read, and all of what a thread
+    first seen since then ran (it started in between). A thread that ended between two reads
+    loses only what it ran after the earlier one, and the total never goes down: read every
+    second or so while threads come and go.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._last: dict[str, tuple[int, int]] = {}
+        self._total = ThreadTime()
+        self._primed = False
+        self.read()  # the threads alive now are the starting point
+
+    def read(self) -> ThreadTime:
+        """The total since this clock was made; the last known total once the process is gone."""
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return self._total
+        seen: dict[str, tuple[int, int]] = {}
+        cpu, slices = self._total.cpu_ns, self._total.slices
+        for task in tasks:
+            try:
+                fields = Path(f"/proc/{self.pid}/task/{task}/schedstat").read_text().split()
+            except OSError:
+                continue  # a thread that just ended
+            now = seen[task] = (int(fields[0]), int(fields[2]))
+            if not self._primed:
+                continue
+            before = self._last.get(task, (0, 0))
+            if now[0] < before[0] or now[1] < before[1]:
+                before = (0, 0)  # a new thread that got the id of an ended one
+            cpu += now[0] - before[0]
+            slices += now[1] - before[1]
+        self._last, self._primed = seen, True
+        self._total = ThreadTime(cpu, slices)
+        return self._total

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support import REPO, mosquitto_binary
+
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))  # the scripts import each other from there
+from harness import ThreadClock  # scripts/harness.py
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -117,3 +124,27 @@ def test_sustained_search_goes_up_as_well_as_down(capacity: float) -> None:
     assert passed >= 0.9 * capacity
     if failed is not None:
         assert failed > capacity
+
+
+def test_thread_clock_keeps_the_time_of_a_thread_that_ended() -> None:
+    clock = ThreadClock(os.getpid())
+    spun, may_end = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.05:
+            pass
+        spun.set()
+        may_end.wait(10)
+
+    start = clock.read()
+    worker = threading.Thread(target=spin)
+    worker.start()
+    assert spun.wait(10)
+    seen = clock.read()  # the worker's 50 ms are counted now
+    may_end.set()
+    worker.join()
+    after = clock.read()  # the worker's counters are gone: its time must stay counted
+    assert (seen - start).cpu_ns >= 45_000_000
+    assert after.cpu_ns >= seen.cpu_ns
+    assert after.slices >= seen.slices > start.slices
