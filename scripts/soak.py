@@ -70,6 +70,7 @@ REPO: Final = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bridge.simulator import PROFILES, Simulator  # noqa: E402 - after the path set-up
 from harness import (  # noqa: E402 - scripts/harness.py
     ProcStat,
     find_mosquitto,
@@ -78,8 +79,6 @@ from harness import (  # noqa: E402 - scripts/harness.py
     stop_process,
     wait_port,
 )
-
-from bridge.simulator import PROFILES, Simulator  # noqa: E402 - after the path set-up
 
 log = logging.getLogger("soak")
 

@@ -1,0 +1,15 @@
+"""The parts of ``scripts/bench.py``, the benchmark of the bridge against a bare path.
+
+None of it imports the bridge: the bridge is a subprocess started with BRIDGE_* variables and
+watched from outside, so the benchmark measures any version of it. One module each:
+
+- ``errors``: the two exceptions; ``event``: the events the reader double writes;
+  ``stats``: percentiles and medians; ``plan``: how long each phase runs;
+- ``reader``: the reader double; ``recorder``: every received event matched to its phase;
+  ``client``: the raw MQTT subscriber, the paho one, the command sender;
+- ``system``: the broker and the systems under test; ``baseline``: the bare path itself;
+  ``meter``: CPU of the systems under test, the broker, this process and the machine;
+- ``rig``: the set-up and the ways of writing events (paced, closed loop) and waiting for them;
+- ``phases``, ``throughput``: the phases; ``run``: one run of them in order;
+- ``report``: metrics, targets and notes as JSON; ``table``: the printed table.
+"""

@@ -1,0 +1,186 @@
+"""The processes the benchmark starts: the broker and the systems under test (the bridge and the
+bare path, ``bench.py --baseline``), each a subprocess; it only starts, watches and stops them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Final, Literal
+
+from benchlib.errors import BenchError
+from benchlib.event import PREFIX
+from benchlib.reader import ReaderDouble
+from harness import (  # scripts/harness.py
+    ProcStat,
+    find_mosquitto,
+    free_port,
+    guarded,
+    stop_process,
+    wait_port,
+)
+
+REPO: Final = Path(__file__).resolve().parents[2]
+BENCH: Final = REPO / "scripts" / "bench.py"
+
+Kind = Literal["bridge", "baseline"]
+KINDS: Final[tuple[Kind, Kind]] = ("bridge", "baseline")
+
+
+def mosquitto_binary() -> str:
+    found = find_mosquitto()
+    if not found:
+        raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
+    return found
+
+
+class Broker:
+    """Our own Mosquitto, configured so that it is not the bottleneck."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"  # docs/paho.md §12: unlimited, or the broker loses events
+            "max_inflight_messages 0\n"
+            "set_tcp_nodelay true\n"
+            "log_dest stdout\n"
+            "log_type error\n"
+            "log_type warning\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stat = ProcStat(-1)
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own command line
+                guarded([mosquitto_binary(), "-c", str(self.config)]),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # Ctrl-C is ours to handle
+            )
+        self.stat = ProcStat(self.process.pid)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def version(self) -> str:
+        try:
+            out = subprocess.run(  # noqa: S603 - our own command line
+                [mosquitto_binary(), "-h"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return out.splitlines()[0] if out else "?"
+
+
+class Sut:
+    """One system under test (the bridge or the bare path) at one QoS, with its reader double."""
+
+    def __init__(self, kind: Kind, qos: int, broker_port: int, workdir: Path) -> None:
+        self.kind = kind
+        self.qos = qos
+        self.device = ("bench" if kind == "bridge" else "bare") + ("-q0" if qos == 0 else "")
+        self.name = f"{kind} (QoS {qos})"
+        self.event_topic = f"{PREFIX}/{self.device}/rdr/evt"
+        self.command_topic = f"{PREFIX}/{self.device}/rdr/cmd"
+        self.reader = ReaderDouble()
+        self.log = workdir / f"{self.device}.log"
+        if kind == "bridge":
+            command = [sys.executable, "-m", "bridge", "run"]
+            env = self._bridge_env(broker_port, workdir)
+        else:
+            command = [
+                sys.executable,
+                str(BENCH),
+                "--baseline",
+                f"--reader-port={self.reader.port}",
+                f"--mqtt-port={broker_port}",
+                f"--device={self.device}",
+                f"--qos={qos}",
+            ]
+            env = dict(os.environ)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own command line
+                guarded(command),
+                cwd=workdir,  # no .env of the checkout is read
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        self.stat = ProcStat(self.process.pid)
+
+    def _bridge_env(self, broker_port: int, workdir: Path) -> dict[str, str]:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("BRIDGE_")}
+        env.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            XDG_STATE_HOME=str(workdir),
+            BRIDGE_READER_HOST="127.0.0.1",
+            BRIDGE_READER_PORT=str(self.reader.port),
+            BRIDGE_MQTT_HOST="127.0.0.1",
+            BRIDGE_MQTT_PORT=str(broker_port),
+            BRIDGE_MQTT_QOS=str(self.qos),
+            BRIDGE_DEVICE_ID=self.device,
+            BRIDGE_SPOOL_PATH=str(workdir / f"spool-{self.device}.db"),
+            BRIDGE_LOG_LEVEL="WARNING",
+            BRIDGE_HA_DISCOVERY="false",
+            BRIDGE_COMMAND_RATE="0",
+            BRIDGE_COMMAND_GAP="0",
+        )
+        return env
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def check(self) -> None:
+        if not self.alive():
+            raise BenchError(
+                f"{self.name} exited with status {self.process.returncode}; see {self.log}"
+            )
+
+    def stop(self) -> int:
+        status = stop_process(self.process)
+        self.reader.close()
+        return status
+
+
+def paho_version() -> str:
+    return version("paho-mqtt")
+
+
+def git_state() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "bridge"],  # noqa: S607
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "bridge").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    state = " + uncommitted changes in bridge/" if dirty else ""
+    return f"{head}{state} (bridge/*.py sha256 {digest.hexdigest()[:12]})"

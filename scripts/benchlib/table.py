@@ -1,0 +1,61 @@
+"""The report as the table the benchmark prints; it measures nothing."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = [("metric", "unit", "bridge", "baseline", "ratio", "target", "met?")]
+    for metric in report["metrics"].values():
+        met = metric.get("met")
+        rows.append(
+            (
+                metric["label"],
+                metric["unit"],
+                _fmt(metric["bridge"]),
+                _fmt(metric["baseline"]),
+                "n/a" if metric["ratio"] is None else f"{metric['ratio']:.2f}",
+                metric.get("target", ""),
+                "" if "target" not in metric else "n/a" if met is None else "yes" if met else "NO",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for n, row in enumerate(rows):
+        cells = [
+            cell.ljust(width) if i < 2 or i >= 5 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("| " + " | ".join(cells) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    meta = report["meta"]
+    print(
+        f"\nruntime {meta['runtime_s']} s; {meta['cpus']} CPUs; load average "
+        f"{meta['load_average_start'][0]} at the start, {meta['load_average_end'][0]} at the end; "
+        f"bridge at {meta['git']}; {meta['mosquitto']}; paho {meta['paho']}; "
+        f"subscriber: {meta['subscriber']}"
+    )
+    whole = meta["cpu_whole_run"]
+    if whole:
+        print(
+            f"machine busy on average {whole['machine_busy_cores']} of {meta['cpus']} cores, "
+            f"{whole['other_busy_cores']} of them by other processes"
+        )
+    if meta["million_skipped"]:
+        print("the 1,000,000-event run was skipped (--skip-million)")
+    for note in report["notes"]:
+        print(" -", note)
+    sys.stdout.flush()
