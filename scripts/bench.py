@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of the bridge against a bare baseline path, both measured in the same run.
 
-``python scripts/bench.py`` (the full run, 10-15 minutes on two cores), ``--quick`` (about two
+``python scripts/bench.py`` (the full run, 12-17 minutes on two cores), ``--quick`` (about three
 minutes; its phases are shorter than the issue asks), ``--seconds S`` (every phase S seconds),
+``--idle-seconds S`` (the idle and the 1 event/s windows, 60 s in the full run),
 ``--skip-million``, ``--json out.json``. Not a pytest test (``tests/test_bench.py`` only
 checks that a very short run produces every figure).
 
@@ -50,6 +51,15 @@ The figures, each for the bridge and for the bare path:
   apart;
 * CPU seconds (utime + stime from ``/proc/<pid>/stat``) per 10,000 events of the 2,000
   events/s phase, and of the QoS 1 saturation phase;
+* idle CPU and CPU per event at 1 event/s (issue 11), first in the run, right after the
+  warm-up: the process's own CPU time from ``/proc/<pid>/task/*/schedstat`` (nanoseconds on a
+  CPU, summed over its threads; ticks cannot resolve a process that runs microseconds a
+  second), as a percentage of one core and, at 1 event/s, in microseconds per event. Idle:
+  connected to its reader double and to the broker, no event and no command, for
+  ``--idle-seconds`` (60 s), from 2 s after the warm-up's last event; also the times one of
+  its threads was put on a CPU per second (its wake-ups). 1 event/s: paced for as long, the
+  window one second per event. Both paths share each window (the figures count only their own
+  CPU time), their events half a second apart;
 * RSS (``VmRSS``) before and after 1,000,000 events (closed loop, as fast as the path goes,
   after 100,000 warm-up events), and the peak (``VmHWM``) of the process up to then. The
   throughput steps that do not hold overload a path - the bridge then holds the excess in its
@@ -101,6 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-million", action="store_true", help="no 1,000,000-event run")
     parser.add_argument("--million-events", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--burst", type=int, help=f"events of the burst phase (default {BURST:,})")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="the idle window and the 1 event/s window, each (default 60; --quick 20; 0 = skip)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
@@ -114,6 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.idle_seconds is not None and args.idle_seconds < 0:
+        parser.error("--idle-seconds must be 0 (skip) or more")
     if args.baseline and (args.reader_port is None or args.mqtt_port is None or not args.device):
         parser.error("--baseline needs --reader-port, --mqtt-port and --device")
     return args

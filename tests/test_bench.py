@@ -43,6 +43,10 @@ MEASURED = LATENCY | {
     "events_lost_overload",
     "burst_lost",
     "burst_delivered_s",
+    "idle_cpu_pct",
+    "idle_wakeups_per_s",
+    "cpu_us_per_event_at_1",
+    "cpu_pct_at_1",
 }
 MILLION = {"rss_after_million_mb", "rss_growth_million_pct"}
 
@@ -59,6 +63,8 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
             "--skip-million",
             "--seconds",
             "1",
+            "--idle-seconds",
+            "2",
             "--json",
             str(out),
             "--workdir",
@@ -79,18 +85,28 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
             value = metrics[key][path]
             assert isinstance(value, int | float), (key, path, value)
             assert value >= 0, (key, path, value)
-        if not key.endswith("_lost") and not key.startswith("events_lost"):
+        # An idle path may not run at all in a short window (the bridge on one event loop).
+        if not key.endswith("_lost") and not key.startswith(("events_lost", "idle_")):
             assert metrics[key]["ratio"] > 0, key
     assert metrics["burst_lost"]["bridge"] == 0  # the spool absorbs a burst (issue 10)
     for key in MILLION:  # skipped: present, without a value
         assert metrics[key]["bridge"] is None
         assert metrics[key]["baseline"] is None
     assert report["meta"]["million_skipped"] is True
-    for key in ("latency_200_p50_ms", "throughput_qos1_eps", "command_latency_p50_ms"):
+    for key in (
+        "latency_200_p50_ms",
+        "throughput_qos1_eps",
+        "command_latency_p50_ms",
+        "idle_cpu_pct",
+    ):
         assert metrics[key]["target"]
         assert isinstance(metrics[key]["met"], bool)
     paths = {(phase["phase"], phase["path"]) for phase in report["phases"]}
-    for phase in ("latency 10/s", "latency 200/s", "latency 2000/s", "commands", "burst"):
+    assert report["meta"]["plan"]["idle_seconds"] == 2
+    for path in ("bridge", "baseline"):  # 2 s at 1 event/s: 2 events, each the CPU of its own
+        assert metrics["cpu_pct_at_1"][path] > 0
+    phases = ("idle", "1 event/s", "latency 10/s", "latency 200/s", "latency 2000/s", "commands")
+    for phase in (*phases, "burst"):
         assert {(phase, "bridge"), (phase, "baseline")} <= paths
 
 

@@ -21,6 +21,7 @@ class Plan:
     warmup_events: int
     search_steps: int = 5  # paced steps of the throughput search, at most
     burst_events: int = BURST  # written at once with the broker up; 0 = skipped
+    idle_seconds: float = 60.0  # the idle window and the 1 event/s window, each; 0 = skipped
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -34,9 +35,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
             warmup_events=min(1000, max(100, int(200 * s))),
             search_steps=3,
             burst_events=min(BURST, max(1000, int(3000 * s))),
+            idle_seconds=s,
         )
     elif args.quick:
-        plan = Plan(((10, 10), (200, 5), (2000, 5)), 5, 50, MILLION, 1000, search_steps=3)
+        plan = Plan(
+            ((10, 10), (200, 5), (2000, 5)), 5, 50, MILLION, 1000, search_steps=3, idle_seconds=20
+        )
     else:
         plan = Plan(((10, 100), (200, 20), (2000, 10)), 10, 200, MILLION, 1000)
     if args.million_events is not None:
@@ -45,4 +49,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = dataclasses.replace(plan, million_events=0)
     if args.burst is not None:
         plan = dataclasses.replace(plan, burst_events=args.burst)
+    if args.idle_seconds is not None:
+        plan = dataclasses.replace(plan, idle_seconds=args.idle_seconds)
     return plan

@@ -118,6 +118,31 @@ def metrics_of(plan: Plan, run: RunResult) -> Metrics:
         "s",
         {p: run.throughput[(p, 1)].cpu_s_per_10k_at_saturation for p in KINDS},
     )
+    idle_s = plan.idle_seconds
+    add(
+        "idle_cpu_pct",
+        f"idle CPU, % of one core ({idle_s:g} s, schedstat)",
+        "%",
+        {p: run.idle[p].cpu_pct if run.idle else None for p in KINDS},
+    )
+    add(
+        "idle_wakeups_per_s",
+        "idle: times a thread got a CPU, per second",
+        "/s",
+        {p: run.idle[p].wakeups_per_s if run.idle else None for p in KINDS},
+    )
+    add(
+        "cpu_us_per_event_at_1",
+        f"CPU per event @ 1/s ({idle_s:g} s, schedstat)",
+        "us",
+        {p: run.slow[p].cpu_us_per_event if run.slow else None for p in KINDS},
+    )
+    add(
+        "cpu_pct_at_1",
+        "CPU @ 1 event/s, % of one core",
+        "%",
+        {p: run.slow[p].cpu_pct if run.slow else None for p in KINDS},
+    )
     add(
         "peak_rss_mb",
         "peak RSS (VmHWM), loads within capacity",
@@ -226,6 +251,7 @@ def targets(metrics: dict[str, dict[str, Any]]) -> None:
         ("latency_200_p50_ms", "ratio <= 1.5", "ratio", lambda r: r <= 1.5),
         ("throughput_qos1_eps", "ratio >= 0.8", "ratio", lambda r: r >= 0.8),
         ("command_latency_p50_ms", "< 2 ms", "bridge", lambda v: v < 2),
+        ("idle_cpu_pct", "< 0.01 %", "bridge", lambda v: v < 0.01),
         ("peak_rss_mb", "< 40 MB", "bridge", lambda v: v < 40),
         ("rss_after_million_mb", "< 40 MB", "bridge", lambda v: v < 40),
         ("rss_growth_million_pct", "< 5 %", "bridge", lambda v: v < 5),

@@ -21,6 +21,7 @@ from benchlib.plan import Plan
 from benchlib.recorder import Phase, Recorder
 from benchlib.stats import ms, percentile
 from benchlib.system import KINDS, Broker, Kind, Sut, git_state
+from harness import has_schedstat  # scripts/harness.py
 
 WINDOW: Final = 2000
 """Closed loop: events written and not yet received, at most."""
@@ -53,6 +54,10 @@ class Rig:
     # -- set-up ------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        if not has_schedstat():
+            raise BenchError(
+                "this kernel has no /proc/<pid>/task/<tid>/schedstat (CONFIG_SCHED_INFO)"
+            )
         self.code = git_state()  # what the systems under test load, now
         self.broker.start()
         topic_filter = f"{PREFIX}/+/rdr/evt"
@@ -83,6 +88,7 @@ class Rig:
     def check(self, *suts: Sut) -> None:
         for sut in suts:
             sut.check()
+            sut.clock.read()  # so that a thread ending before the next reading keeps its time
         if self.subscriber is not None and not self.subscriber.alive():
             raise BenchError(self.subscriber.error or "the subscriber stopped")
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from benchlib.meter import Meter
 from benchlib.phases import burst_phase, command_phase, latency_phase, million_phase
+from benchlib.quiet import QuietFigures, idle_phase, slow_phase
 from benchlib.rig import Record, Rig
 from benchlib.system import KINDS, Kind
 from benchlib.throughput import Throughput, throughput_phase
@@ -24,6 +25,8 @@ class RunResult:
     steady_hwm_kb: dict[Kind, int]
     peak_hwm_kb: dict[Kind, int]
     rss_ready_kb: dict[str, int]
+    idle: dict[Kind, QuietFigures]  # empty when skipped
+    slow: dict[Kind, QuietFigures]  # at 1 event/s; empty when skipped
     load_start: tuple[float, float, float]
     cpu: dict[str, float]
 
@@ -36,6 +39,11 @@ def measure(rig: Rig) -> RunResult:
         f"broker on port {rig.broker.port}, {os.cpu_count() or 1} CPUs, load average "
         f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
     )
+    idle: dict[Kind, QuietFigures] = {}
+    slow: dict[Kind, QuietFigures] = {}
+    if plan.idle_seconds:  # first: right after the warm-up, before any load has been
+        idle = idle_phase(rig, plan.idle_seconds)
+        slow = slow_phase(rig, plan.idle_seconds)
     for rate, seconds in plan.latency:
         latency_phase(rig, rate, seconds)
     for kind in KINDS:
@@ -65,6 +73,8 @@ def measure(rig: Rig) -> RunResult:
         steady_hwm_kb=steady,
         peak_hwm_kb=peak,
         rss_ready_kb=dict(rig.rss_ready),
+        idle=idle,
+        slow=slow,
         load_start=load_start,
         cpu=whole_run.read(),
     )

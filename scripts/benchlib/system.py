@@ -16,6 +16,7 @@ from benchlib.event import PREFIX
 from benchlib.reader import ReaderDouble
 from harness import (  # scripts/harness.py
     ProcStat,
+    ThreadClock,
     find_mosquitto,
     free_port,
     guarded,
@@ -122,6 +123,7 @@ class Sut:
                 start_new_session=True,
             )
         self.stat = ProcStat(self.process.pid)
+        self.clock = ThreadClock(self.process.pid)  # its own CPU in ns (the quiet phases)
 
     def _bridge_env(self, broker_port: int, workdir: Path) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if not name.startswith("BRIDGE_")}
