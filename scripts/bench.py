@@ -3,9 +3,9 @@
 
 ``python scripts/bench.py`` (the full run, 12-17 minutes on two cores), ``--quick`` (about three
 minutes; its phases are shorter than the issue asks), ``--seconds S`` (every phase S seconds),
-``--idle-seconds S`` (the idle and the 1 event/s windows, 60 s in the full run),
-``--skip-million``, ``--json out.json``. Not a pytest test (``tests/test_bench.py`` only
-checks that a very short run produces every figure).
+``--idle-seconds S`` (the idle and the 1 event/s windows, 60 s in the full run), ``--runs N``
+(all of it N times), ``--skip-million``, ``--json out.json``. Not a pytest test
+(``tests/test_bench.py`` only checks that a very short run produces every figure).
 
 It starts, in a temporary work directory of its own:
 
@@ -69,6 +69,14 @@ The figures, each for the bridge and for the bare path:
   all along: events lost (the target is 0) and the time from the first write to the last
   event received. It runs after the steady peak RSS is taken, before the throughput phases.
 
+``--runs N`` repeats the whole measured set N times (issue 11: the median of at least 3 runs
+on this noisy machine), each run on freshly started systems under test (so that no run
+inherits another's peak RSS, or what its overload left queued or spooled) with the broker and
+the subscriber shared. The table shows, per metric, the median of the bridge's values, of the
+bare path's and of the per-run ratios; losses are summed over the runs. The JSON report keeps
+each run's values (``metrics.*.runs``), the phases with their run number, and each run's
+context (``meta.per_run``).
+
 Next to each phase it records the context switches of the system under test (all threads)
 and the CPU used by the broker, by this process and by every other process on the machine
 (``/proc/<pid>/stat``): on a small machine the "other" part says how much other jobs took.
@@ -116,6 +124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="the idle window and the 1 event/s window, each (default 60; --quick 20; 0 = skip)",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="the whole measured set this many times; the table shows the medians (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
@@ -129,6 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.runs < 1:
+        parser.error("--runs must be 1 or more")
     if args.idle_seconds is not None and args.idle_seconds < 0:
         parser.error("--idle-seconds must be 0 (skip) or more")
     if args.baseline and (args.reader_port is None or args.mqtt_port is None or not args.device):
@@ -157,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     try:
         rig.setup()
-        report = build_report(rig, measure(rig))
+        runs = [measure(rig, number) for number in range(1, plan.runs + 1)]
+        report = build_report(rig, runs)
         print_table(report)
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")

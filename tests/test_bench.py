@@ -22,6 +22,7 @@ from tests.support import REPO, mosquitto_binary
 
 if str(REPO / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO / "scripts"))  # the scripts import each other from there
+from benchlib.metric import Pair, Row, combine  # scripts/benchlib/
 from harness import ThreadClock  # scripts/harness.py
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -164,3 +165,25 @@ def test_thread_clock_keeps_the_time_of_a_thread_that_ended() -> None:
     assert (seen - start).cpu_ns >= 45_000_000
     assert after.cpu_ns >= seen.cpu_ns
     assert after.slices >= seen.slices > start.slices
+
+
+def test_runs_combine_into_the_median_of_each_column_and_of_the_ratios() -> None:
+    def run(bridge: float, baseline: float, lost: int) -> dict[str, Row]:
+        return {
+            "latency_200_p50_ms": Row("p50", "ms", Pair(bridge, baseline)),
+            "events_lost": Row("lost", "events", Pair(lost, 0), summed=True),
+        }
+
+    runs = [run(1.0, 1.0, 0), run(3.0, 1.0, 2), run(2.0, 2.0, 0)]
+    metrics = combine(runs)
+    latency = metrics["latency_200_p50_ms"]
+    assert (latency["bridge"], latency["baseline"]) == (2.0, 1.0)
+    assert latency["ratio"] == 1.0  # the median of 1, 3 and 1, not 2.0 / 1.0
+    assert latency["met"] is True
+    assert [r["ratio"] for r in latency["runs"]] == [1.0, 3.0, 1.0]
+    lost = metrics["events_lost"]
+    assert lost["bridge"] == 2  # a loss in any run counts: summed, not the median (0)
+    assert lost["met"] is False
+    single = combine(runs[1:2])["latency_200_p50_ms"]  # one run: its values as they are
+    assert (single["bridge"], single["baseline"], single["ratio"]) == (3.0, 1.0, 3.0)
+    assert single["met"] is False

@@ -22,6 +22,7 @@ class Plan:
     search_steps: int = 5  # paced steps of the throughput search, at most
     burst_events: int = BURST  # written at once with the broker up; 0 = skipped
     idle_seconds: float = 60.0  # the idle window and the 1 event/s window, each; 0 = skipped
+    runs: int = 1  # the whole measured set, this many times on fresh processes (--runs)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -49,6 +50,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = dataclasses.replace(plan, million_events=0)
     if args.burst is not None:
         plan = dataclasses.replace(plan, burst_events=args.burst)
+    plan = dataclasses.replace(plan, runs=args.runs)
     if args.idle_seconds is not None:
         plan = dataclasses.replace(plan, idle_seconds=args.idle_seconds)
     return plan

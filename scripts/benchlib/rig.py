@@ -66,11 +66,21 @@ class Rig:
         self.subscriber.start()
         self.control = Control(self.broker.port)
         self.control.start()
-        for kind in KINDS:
-            for qos in (1, 0):
-                self.suts.append(Sut(kind, qos, self.broker.port, self.workdir))
+
+    def start_suts(self, run: int) -> None:
+        """Fresh systems under test for run number ``run``, each connected and warmed up; a
+        fresh list of records. Fresh processes, so that no run inherits another's peak RSS
+        (VmHWM) or what its overload left queued."""
+        self.records, self.rss_ready = [], {}
+        self.suts = [
+            Sut(kind, qos, self.broker.port, self.workdir, run) for kind in KINDS for qos in (1, 0)
+        ]
         for sut in self.suts:
             self.wait_ready(sut)
+
+    def stop_suts(self) -> None:
+        for sut in self.suts:
+            sut.stop()
 
     def sut(self, kind: Kind, qos: int) -> Sut:
         return next(s for s in self.suts if s.kind == kind and s.qos == qos)

@@ -87,11 +87,15 @@ class Broker:
 
 
 class Sut:
-    """One system under test (the bridge or the bare path) at one QoS, with its reader double."""
+    """One system under test (the bridge or the bare path) at one QoS, with its reader double.
 
-    def __init__(self, kind: Kind, qos: int, broker_port: int, workdir: Path) -> None:
+    ``run`` numbers the repetitions of the measured set (``--runs``); a bridge after the first
+    gets a spool file of its own, so that nothing spooled in a run is replayed into the next."""
+
+    def __init__(self, kind: Kind, qos: int, broker_port: int, workdir: Path, run: int = 1) -> None:
         self.kind = kind
         self.qos = qos
+        self.run = run
         self.device = ("bench" if kind == "bridge" else "bare") + ("-q0" if qos == 0 else "")
         self.name = f"{kind} (QoS {qos})"
         self.event_topic = f"{PREFIX}/{self.device}/rdr/evt"
@@ -127,6 +131,7 @@ class Sut:
 
     def _bridge_env(self, broker_port: int, workdir: Path) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if not name.startswith("BRIDGE_")}
+        spool = f"spool-{self.device}.db" if self.run == 1 else f"spool-{self.device}-{self.run}.db"
         env.update(
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             XDG_STATE_HOME=str(workdir),
@@ -136,7 +141,7 @@ class Sut:
             BRIDGE_MQTT_PORT=str(broker_port),
             BRIDGE_MQTT_QOS=str(self.qos),
             BRIDGE_DEVICE_ID=self.device,
-            BRIDGE_SPOOL_PATH=str(workdir / f"spool-{self.device}.db"),
+            BRIDGE_SPOOL_PATH=str(workdir / spool),
             BRIDGE_LOG_LEVEL="WARNING",
             BRIDGE_HA_DISCOVERY="false",
             BRIDGE_COMMAND_RATE="0",

@@ -17,8 +17,26 @@ def _fmt(value: float | None) -> str:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows = [("metric", "unit", "bridge", "baseline", "ratio", "target", "met?")]
-    for metric in report["metrics"].values():
+    """The metrics as a Markdown table, then the context and the notes."""
+    runs = report["meta"]["runs"]
+    _print_rows(_rows(report["metrics"], runs))
+    _print_context(report["meta"])
+    if runs > 1:
+        print(
+            f"bridge, baseline: the medians of {runs} runs; ratio: the median of the {runs} "
+            "per-run ratios; losses: summed over the runs"
+        )
+    for note in report["notes"]:
+        print(" -", note)
+    sys.stdout.flush()
+
+
+def _rows(metrics: dict[str, dict[str, Any]], runs: int) -> list[tuple[str, ...]]:
+    of = f", median of {runs}" if runs > 1 else ""
+    rows: list[tuple[str, ...]] = [
+        ("metric", "unit", f"bridge{of}", f"baseline{of}", f"ratio{of}", "target", "met?")
+    ]
+    for metric in metrics.values():
         met = metric.get("met")
         rows.append(
             (
@@ -31,6 +49,10 @@ def print_table(report: dict[str, Any]) -> None:
                 "" if "target" not in metric else "n/a" if met is None else "yes" if met else "NO",
             )
         )
+    return rows
+
+
+def _print_rows(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for n, row in enumerate(rows):
@@ -41,21 +63,22 @@ def print_table(report: dict[str, Any]) -> None:
         print("| " + " | ".join(cells) + " |")
         if n == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    meta = report["meta"]
+
+
+def _print_context(meta: dict[str, Any]) -> None:
     print(
         f"\nruntime {meta['runtime_s']} s; {meta['cpus']} CPUs; load average "
         f"{meta['load_average_start'][0]} at the start, {meta['load_average_end'][0]} at the end; "
         f"bridge at {meta['git']}; {meta['mosquitto']}; paho {meta['paho']}; "
         f"subscriber: {meta['subscriber']}"
     )
-    whole = meta["cpu_whole_run"]
-    if whole:
-        print(
-            f"machine busy on average {whole['machine_busy_cores']} of {meta['cpus']} cores, "
-            f"{whole['other_busy_cores']} of them by other processes"
-        )
+    for context in meta["per_run"]:
+        whole = context["cpu_whole_run"]
+        if whole:
+            run = f"run {context['run']}: " if meta["runs"] > 1 else ""
+            print(
+                f"{run}machine busy on average {whole['machine_busy_cores']} of {meta['cpus']} "
+                f"cores, {whole['other_busy_cores']} of them by other processes"
+            )
     if meta["million_skipped"]:
         print("the 1,000,000-event run was skipped (--skip-million)")
-    for note in report["notes"]:
-        print(" -", note)
-    sys.stdout.flush()
