@@ -4,7 +4,8 @@
 ``python scripts/bench.py`` (the full run, 12-17 minutes on two cores), ``--quick`` (about three
 minutes; its phases are shorter than the issue asks), ``--seconds S`` (every phase S seconds),
 ``--idle-seconds S`` (the idle and the 1 event/s windows, 60 s in the full run), ``--runs N``
-(all of it N times), ``--skip-million``, ``--json out.json``. Not a pytest test
+(all of it N times), ``--only idle`` (the idle and 1 event/s phases alone, about 2 minutes a
+run), ``--skip-million``, ``--json out.json``. Not a pytest test
 (``tests/test_bench.py`` only checks that a very short run produces every figure).
 
 It starts, in a temporary work directory of its own:
@@ -130,6 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="the whole measured set this many times; the table shows the medians (default 1)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("idle",),
+        help="idle: only the idle and 1 event/s phases (with --runs: issue 11's before/after)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
@@ -143,6 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.only == "idle" and args.idle_seconds == 0:
+        parser.error("--only idle measures nothing with --idle-seconds 0")
     if args.runs < 1:
         parser.error("--runs must be 1 or more")
     if args.idle_seconds is not None and args.idle_seconds < 0:

@@ -1,7 +1,9 @@
 """``scripts/bench.py`` runs end to end and reports every figure for the bridge and the bare path.
 
-A smoke test of the benchmark itself, with every phase one second long and without the
-1,000,000-event run: the figures are meaningless at that length, only their presence is checked.
+A smoke test of the benchmark itself, with every phase one or two seconds long and without the
+1,000,000-event run: the figures are meaningless at that length, only their presence is checked;
+then ``--only idle --runs 2``, and the parts that decide a figure: the sustained-rate search, the
+schedstat clock, the medians of several runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,45 +30,41 @@ from harness import ThreadClock  # scripts/harness.py
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
+QUIET = {"idle_cpu_pct", "idle_wakeups_per_s", "cpu_us_per_event_at_1", "cpu_pct_at_1"}
 LATENCY = {f"latency_{rate}_{q}_ms" for rate in (10, 200, 2000) for q in ("p50", "p99", "p999")}
-MEASURED = LATENCY | {
-    "throughput_qos0_eps",
-    "throughput_qos1_eps",
-    "saturation_qos0_eps",
-    "saturation_qos1_eps",
-    "command_latency_p50_ms",
-    "command_latency_p99_ms",
-    "cpu_s_per_10k_at_2000",
-    "context_switches_per_event_at_2000",
-    "cpu_s_per_10k_at_max_qos1",
-    "peak_rss_mb",
-    "peak_rss_with_probes_mb",
-    "events_lost",
-    "events_lost_overload",
-    "burst_lost",
-    "burst_delivered_s",
-    "idle_cpu_pct",
-    "idle_wakeups_per_s",
-    "cpu_us_per_event_at_1",
-    "cpu_pct_at_1",
-}
+MEASURED = (
+    LATENCY
+    | {
+        "throughput_qos0_eps",
+        "throughput_qos1_eps",
+        "saturation_qos0_eps",
+        "saturation_qos1_eps",
+        "command_latency_p50_ms",
+        "command_latency_p99_ms",
+        "cpu_s_per_10k_at_2000",
+        "context_switches_per_event_at_2000",
+        "cpu_s_per_10k_at_max_qos1",
+        "peak_rss_mb",
+        "peak_rss_with_probes_mb",
+        "events_lost",
+        "events_lost_overload",
+        "burst_lost",
+        "burst_delivered_s",
+    }
+    | QUIET
+)
 MILLION = {"rss_after_million_mb", "rss_growth_million_pct"}
 
 
-@pytest.mark.timeout(120)
-def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *flags: str) -> tuple[str, dict[str, Any]]:
+    """The printed output and the JSON report of ``scripts/bench.py`` with ``flags``."""
     mosquitto_binary()  # fails with the install hint when it is missing
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
             sys.executable,
             str(REPO / "scripts" / "bench.py"),
-            "--quick",
-            "--skip-million",
-            "--seconds",
-            "1",
-            "--idle-seconds",
-            "2",
+            *flags,
             "--json",
             str(out),
             "--workdir",
@@ -78,7 +77,15 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| metric" in result.stdout  # the table
-    report = json.loads(out.read_text())
+    report: dict[str, Any] = json.loads(out.read_text())
+    return result.stdout, report
+
+
+@pytest.mark.timeout(120)
+def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
+    _, report = run_bench(
+        tmp_path, "--quick", "--skip-million", "--seconds", "1", "--idle-seconds", "2"
+    )
     metrics = report["metrics"]
     assert set(metrics) == MEASURED | MILLION
     for key in MEASURED:
@@ -109,6 +116,30 @@ def test_short_run_reports_every_metric_for_both_paths(tmp_path: Path) -> None:
     phases = ("idle", "1 event/s", "latency 10/s", "latency 200/s", "latency 2000/s", "commands")
     for phase in (*phases, "burst"):
         assert {(phase, "bridge"), (phase, "baseline")} <= paths
+
+
+@pytest.mark.timeout(120)
+def test_only_idle_repeated_reports_each_run_and_the_medians(tmp_path: Path) -> None:
+    output, report = run_bench(tmp_path, "--only", "idle", "--runs", "2", "--idle-seconds", "1")
+    assert "median of 2" in output  # the table says what its figures are
+    metrics = report["metrics"]
+    assert set(metrics) == QUIET | {"events_lost", "events_lost_overload"}
+    for key in QUIET:
+        assert len(metrics[key]["runs"]) == 2
+        for path in ("bridge", "baseline"):
+            values = [run[path] for run in metrics[key]["runs"]]
+            assert all(isinstance(v, int | float) and v >= 0 for v in values), (key, values)
+            assert metrics[key][path] == pytest.approx(sum(values) / 2, abs=1e-6)  # 2: the mean
+    assert metrics["events_lost"]["bridge"] == 0
+    assert report["meta"]["runs"] == 2
+    assert [context["run"] for context in report["meta"]["per_run"]] == [1, 2]
+    ran = {(phase["run"], phase["phase"], phase["path"]) for phase in report["phases"]}
+    assert ran == {
+        (run, phase, path)
+        for run in (1, 2)
+        for phase in ("idle", "1 event/s")
+        for path in ("bridge", "baseline")
+    }
 
 
 def _search(capacity: float, start: float, steps: int = 5) -> tuple[float | None, float | None]:

@@ -52,7 +52,8 @@ def measure(rig: Rig, number: int) -> RunResult:
     if plan.idle_seconds:  # first: right after the warm-up, before any load
         result.idle = idle_phase(rig, plan.idle_seconds)
         result.slow = slow_phase(rig, plan.idle_seconds)
-    loaded(rig, result)
+    if plan.only != "idle":
+        loaded(rig, result)
     result.peak_hwm_kb = {kind: rig.sut(kind, 1).stat.hwm_kb() for kind in KINDS}
     result.rss_ready_kb = dict(rig.rss_ready)
     result.cpu = whole_run.read()

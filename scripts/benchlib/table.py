@@ -80,5 +80,7 @@ def _print_context(meta: dict[str, Any]) -> None:
                 f"{run}machine busy on average {whole['machine_busy_cores']} of {meta['cpus']} "
                 f"cores, {whole['other_busy_cores']} of them by other processes"
             )
-    if meta["million_skipped"]:
+    if meta["plan"].get("only") == "idle":
+        print("only the idle and 1 event/s phases ran (--only idle)")
+    elif meta["million_skipped"]:
         print("the 1,000,000-event run was skipped (--skip-million)")
