@@ -42,39 +42,21 @@ def latency_phase(rig: Rig, rate: float, seconds: float) -> None:
 
 
 def command_phase(rig: Rig, sut: Sut) -> None:
-    assert rig.control is not None
-    incoming = sut.reader.incoming
-    deadline = time.monotonic() + 30
-    while True:  # warm-up: the path is subscribed when a command comes through
-        rig.check(sut)
-        if time.monotonic() > deadline:
-            raise BenchError(f"no command reached the reader double of {sut.name} in 30 s")
-        rig.control.publish(sut.command_topic, COMMAND)
-        with contextlib.suppress(queue.Empty):
-            incoming.get(timeout=1.0)
-            break
+    """One command at a time, 10 ms apart: publish to the reader double's ``recv()``."""
+    _wait_subscribed(rig, sut)
     time.sleep(0.2)
     samples: list[int] = []
     unexpected: list[str] = []
     missing = 0
     for _ in range(rig.plan.command_samples):
-        while not incoming.empty():
-            incoming.get_nowait()
-        start = time.time_ns()
-        rig.control.publish(sut.command_topic, COMMAND)
-        got, arrived = b"", 0
-        try:
-            while b"}" not in got:
-                arrived, data = incoming.get(timeout=2.0)
-                got += data
-        except queue.Empty:
+        got, took = _one_command(rig, sut)
+        if took is None:
             missing += 1
-            continue
-        if got.strip(b"\r\n\x00 ") != COMMAND:  # a late warm-up command, say
+        elif got.strip(b"\r\n\x00 ") != COMMAND:  # a late warm-up command, say
             unexpected.append(got.decode(errors="replace"))
-            continue
-        samples.append(arrived - start)
-        time.sleep(0.01)
+        else:
+            samples.append(took)
+            time.sleep(0.01)
     samples.sort()
     result = {
         "phase": "commands",
@@ -92,6 +74,39 @@ def command_phase(rig: Rig, sut: Sut) -> None:
     }
     rig.records.append(result)
     rig.say(f"commands {sut.name}: {result['latency_ms']}, missing {missing}")
+
+
+def _wait_subscribed(rig: Rig, sut: Sut) -> None:
+    """Warm-up: the path is subscribed when a command comes through."""
+    assert rig.control is not None
+    deadline = time.monotonic() + 30
+    while True:
+        rig.check(sut)
+        if time.monotonic() > deadline:
+            raise BenchError(f"no command reached the reader double of {sut.name} in 30 s")
+        rig.control.publish(sut.command_topic, COMMAND)
+        with contextlib.suppress(queue.Empty):
+            sut.reader.incoming.get(timeout=1.0)
+            return
+
+
+def _one_command(rig: Rig, sut: Sut) -> tuple[bytes, int | None]:
+    """What the reader double received of one command, and the ns it took (None: nothing
+    whole within 2 s)."""
+    assert rig.control is not None
+    incoming = sut.reader.incoming
+    while not incoming.empty():
+        incoming.get_nowait()
+    start = time.time_ns()
+    rig.control.publish(sut.command_topic, COMMAND)
+    got, arrived = b"", 0
+    try:
+        while b"}" not in got:
+            arrived, data = incoming.get(timeout=2.0)
+            got += data
+    except queue.Empty:
+        return got, None
+    return got, arrived - start
 
 
 def burst_phase(rig: Rig, sut: Sut) -> None:
