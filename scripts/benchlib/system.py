@@ -187,7 +187,8 @@ def git_state() -> str:
     except OSError:
         return "?"
     digest = hashlib.sha256()
-    for path in sorted((REPO / "bridge").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    root = REPO / "bridge"
+    for path in sorted(root.rglob("*.py")):  # subpackages too: bridge/mqtt/ was left out
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     state = " + uncommitted changes in bridge/" if dirty else ""
-    return f"{head}{state} (bridge/*.py sha256 {digest.hexdigest()[:12]})"
+    return f"{head}{state} (bridge/**/*.py sha256 {digest.hexdigest()[:12]})"
