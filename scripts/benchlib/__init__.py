@@ -10,6 +10,8 @@ watched from outside, so the benchmark measures any version of it. One module ea
 - ``system``: the broker and the systems under test; ``baseline``: the bare path itself;
   ``meter``: CPU of the systems under test, the broker, this process and the machine;
 - ``rig``: the set-up and the ways of writing events (paced, closed loop) and waiting for them;
-- ``phases``, ``throughput``: the phases; ``run``: one run of them in order;
-- ``report``: metrics, targets and notes as JSON; ``table``: the printed table.
+- ``quiet``: idle and 1 event/s CPU (schedstat); ``phases``, ``throughput``: the loaded phases;
+  ``run``: one run of them in order, on fresh systems under test;
+- ``figure``: the figures of one run; ``metric``: those of several runs combined (medians)
+  and the targets; ``report``: the JSON report; ``table``: the printed table.
 """
