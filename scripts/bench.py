@@ -133,8 +133,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("idle",),
-        help="idle: only the idle and 1 event/s phases (with --runs: issue 11's before/after)",
+        choices=("idle", "latency"),
+        help="idle: only the idle and 1 event/s phases (with --runs: issue 11's before/after); "
+        "latency: only the event latency phases",
     )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")

@@ -13,6 +13,10 @@ from benchlib.system import KINDS
 def figures_of(plan: Plan, run: RunResult) -> Rows:
     """Every figure of one run, in the table's order (``--only idle``: the quiet ones)."""
     table = _Table(plan, run)
+    if plan.only == "latency":
+        _latency(table)
+        _losses(table)
+        return table.rows
     loaded = plan.only != "idle"
     if loaded:
         _latency(table)

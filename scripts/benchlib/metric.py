@@ -83,8 +83,9 @@ def targets(metrics: dict[str, dict[str, Any]]) -> None:
         ("throughput_qos1_eps", "ratio >= 0.8", "ratio", lambda r: r >= 0.8),
         ("command_latency_p50_ms", "< 2 ms", "bridge", lambda v: v < 2),
         ("idle_cpu_pct", "< 0.01 %", "bridge", lambda v: v < 0.01),
-        ("peak_rss_mb", "< 40 MB", "bridge", lambda v: v < 40),
-        ("rss_after_million_mb", "< 40 MB", "bridge", lambda v: v < 40),
+        # Issue 11 allows a one-reader process 45 MB (issue 5 asked 40 of the re-exec'd one).
+        ("peak_rss_mb", "<= 45 MB", "bridge", lambda v: v <= 45),
+        ("rss_after_million_mb", "<= 45 MB", "bridge", lambda v: v <= 45),
         ("rss_growth_million_pct", "< 5 %", "bridge", lambda v: v < 5),
         ("events_lost", "0", "bridge", lambda v: v == 0),
         ("burst_lost", "0", "bridge", lambda v: v == 0),

@@ -23,7 +23,7 @@ class Plan:
     burst_events: int = BURST  # written at once with the broker up; 0 = skipped
     idle_seconds: float = 60.0  # the idle window and the 1 event/s window, each; 0 = skipped
     runs: int = 1  # the whole measured set, this many times on fresh processes (--runs)
-    only: str | None = None  # "idle": the idle and 1 event/s phases alone (--only idle)
+    only: str | None = None  # "idle" / "latency": those phases alone (--only)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -52,8 +52,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.burst is not None:
         plan = dataclasses.replace(plan, burst_events=args.burst)
     plan = dataclasses.replace(plan, runs=args.runs, only=args.only)
-    if plan.only == "idle":  # what the plan says runs, runs
+    if plan.only in ("idle", "latency"):  # what the plan says runs, runs
         plan = dataclasses.replace(plan, million_events=0, burst_events=0)
+    if plan.only == "latency":
+        plan = dataclasses.replace(plan, idle_seconds=0)
     if args.idle_seconds is not None:
         plan = dataclasses.replace(plan, idle_seconds=args.idle_seconds)
     return plan

@@ -72,7 +72,8 @@ class Rig:
         fresh list of records. Fresh processes, so that no run inherits another's peak RSS
         (VmHWM) or what its overload left queued."""
         self.records, self.rss_ready = [], {}
-        levels = (1,) if self.plan.only == "idle" else (1, 0)  # QoS 0: the throughput phase only
+        # QoS 0 runs the throughput phase only
+        levels = (1,) if self.plan.only in ("idle", "latency") else (1, 0)
         self.suts = [
             Sut(kind, qos, self.broker.port, self.workdir, run) for kind in KINDS for qos in levels
         ]

@@ -52,7 +52,10 @@ def measure(rig: Rig, number: int) -> RunResult:
     if plan.idle_seconds:  # first: right after the warm-up, before any load
         result.idle = idle_phase(rig, plan.idle_seconds)
         result.slow = slow_phase(rig, plan.idle_seconds)
-    if plan.only != "idle":
+    if plan.only == "latency":
+        for rate, seconds in plan.latency:
+            latency_phase(rig, rate, seconds)
+    elif plan.only != "idle":
         loaded(rig, result)
     result.peak_hwm_kb = {kind: rig.sut(kind, 1).stat.hwm_kb() for kind in KINDS}
     result.rss_ready_kb = dict(rig.rss_ready)

@@ -82,5 +82,7 @@ def _print_context(meta: dict[str, Any]) -> None:
             )
     if meta["plan"].get("only") == "idle":
         print("only the idle and 1 event/s phases ran (--only idle)")
+    elif meta["plan"].get("only") == "latency":
+        print("only the event latency phases ran (--only latency)")
     elif meta["million_skipped"]:
         print("the 1,000,000-event run was skipped (--skip-million)")
