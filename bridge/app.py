@@ -1,192 +1,34 @@
-"""Wires the reader link, the command worker and the MQTT link together, and shuts them down.
+"""The bridge's parts for one reader on one event loop - its session, the health listener, the
+keepalive sweep - and :class:`Bridge`, the same running in a thread of its own for programs
+that are not asyncio (the tests, an embedding application).
 
-Threads: the reader link reads (``reader``), the command worker writes commands (``commands``),
-paho runs its network loop and the MQTT link its publishing pump. They hand data across
-with queues; none of them blocks another. When BRIDGE_HTTP_PORT is set, the health listener
-(``bridge.health``) reads their state from yet another thread.
-
-Nothing here imports pydantic (the bridge gets checked :class:`BridgeOptions`) nor, unless the
-health listener is on, prometheus_client: the long-running process stays small (``bridge.runner``).
+``bridge.runner`` runs an :class:`App` in the main thread's loop. Nothing here imports
+pydantic (the bridge gets checked :class:`BridgeOptions`) nor, unless the health listener is
+on, prometheus_client.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import queue
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from bridge.commands import CommandError, RateLimit, parse_command
-from bridge.logs import Throttle
-from bridge.loops import watched_thread
-from bridge.mqtt import IncomingCommand, MqttLink
-from bridge.options import BridgeOptions, CommandOptions, ConfigError, OutboxOptions
-from bridge.outbox import MemoryOutbox, Outbox, SpoolOutbox
-from bridge.protocol import Frame, Skipped
-from bridge.reader import CommandNotSentError, ReaderLink
-from bridge.spool import SpoolError
+from bridge import logs
+from bridge.delivery import Delivery
+from bridge.loops import fatal_exception_handler
+from bridge.mqtt import MqttLink, Sweep
+from bridge.options import BridgeOptions
+from bridge.reader import ReaderLink
+from bridge.session import Session
+from bridge.worker import CommandWorker
 
 if TYPE_CHECKING:  # imported when the listener starts: prometheus_client adds ~1 MB of RSS
     from bridge.health import HealthServer, Snapshot
 
-log = logging.getLogger(__name__)
-
-COMMAND_QUEUE = 100
-RETAINED_REMEMBERED = 1000
-"""Retained payloads whose refusal was logged, remembered so that it is logged once."""
-
-
-def transaction_of(payload: bytes) -> object:
-    """The ``transaction`` of a command payload, valid or not, for its result."""
-    try:
-        return parse_command(payload).transaction
-    except CommandError as exc:
-        return exc.transaction
-
-
-def result_payload(
-    incoming: IncomingCommand,
-    transaction: object,
-    *,
-    sent: dict[str, object] | None = None,
-    error: str | None = None,
-) -> bytes:
-    """``{"ok": ..., "transaction": ..., "sent"|"error": ...}`` (README, Commands)."""
-    result: dict[str, object] = {"ok": error is None}
-    if transaction is not None:
-        result["transaction"] = transaction
-    if error is None:
-        result["sent"] = sent
-    else:
-        result["error"] = error
-    return json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
-
-
-class CommandWorker:
-    """Validates each MQTT command, sends it before its deadline or drops it; one result each."""
-
-    def __init__(self, options: CommandOptions, link: ReaderLink, mqtt: MqttLink) -> None:
-        self.options = options
-        self._link = link
-        self._mqtt = mqtt
-        self._topic = mqtt.topics.command
-        self._retained_seen: set[bytes] = set()  # digests of retained payloads logged once
-        self._throttle = Throttle(log)
-        self._queue: queue.Queue[IncomingCommand | None] = queue.Queue(COMMAND_QUEUE)
-        self._limit = RateLimit(options.rate, options.burst)
-        self.sent = 0
-        self.refused = 0
-        self.expired = 0
-
-    def submit(self, incoming: IncomingCommand) -> None:
-        """Called from paho's thread: never blocks."""
-        try:
-            self._queue.put_nowait(incoming)
-        except queue.Full:
-            transaction = transaction_of(incoming.payload)
-            self._reply(incoming, transaction, error="too many commands waiting; dropped")
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def run(self) -> None:
-        while (incoming := self._queue.get()) is not None:
-            try:
-                self.handle(incoming)
-            except Exception:
-                log.exception("command handling failed")
-
-    def handle(self, incoming: IncomingCommand) -> None:
-        if incoming.retained:
-            self._refuse_retained(incoming)
-            return
-        try:
-            command = parse_command(incoming.payload, self.options.allowed_fields)
-            if not self._limit.allow(incoming.received):
-                raise CommandError(
-                    f"rate limit: more than {self.options.rate:g} commands per second "
-                    f"(bursts of {self.options.burst}, BRIDGE_COMMAND_RATE/_BURST); dropped",
-                    command.transaction,
-                )
-        except CommandError as exc:
-            self.refused += 1
-            self._throttle.warning(
-                "rate" if str(exc).startswith("rate limit") else "refused",
-                "command refused: %s",
-                exc,
-            )
-            self._reply(incoming, exc.transaction, error=str(exc))
-            return
-        deadline = incoming.received + self.options.timeout
-        try:
-            self._link.send(command.encode() + self.options.delimiter, deadline, self.options.gap)
-        except CommandNotSentError as exc:
-            self.expired += 1
-            message = (
-                f"not sent within {self.options.timeout:g} s: {exc}; "
-                "dropped so that it cannot run late"
-            )
-            log.warning("command %s %s", command.encode().decode(), message)
-            self._reply(incoming, command.transaction, error=message)
-            return
-        self.sent += 1
-        log.info("command sent to the reader: %s", command.encode().decode())
-        self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
-
-    def _refuse_retained(self, incoming: IncomingCommand) -> None:
-        """A retained message on the command topic is never executed: it would run again
-        on every reconnection. Each one gets its result; the log names a given payload once
-        (a v3.1.1 broker replays it at every subscription)."""
-        self.refused += 1
-        if not incoming.payload:  # someone cleared the retained command: that is the fix
-            self._retained_seen.clear()
-            log.info("the retained message on %s was cleared", self._topic)
-            self._reply(incoming, None, error="empty retained message (a clearing); nothing sent")
-            return
-        transaction = transaction_of(incoming.payload)
-        error = (
-            "retained command refused: it would run again on every reconnection; publish "
-            "commands without the retain flag, and clear this one (an empty retained message)"
-        )
-        digest = hashlib.sha256(incoming.payload).digest()
-        if digest not in self._retained_seen:
-            if len(self._retained_seen) >= RETAINED_REMEMBERED:
-                self._retained_seen.clear()  # a flood of distinct ones: say them again
-            self._retained_seen.add(digest)
-            log.warning(
-                "%s on %s: %s",
-                error,
-                self._topic,
-                incoming.payload[:100].decode("utf-8", "replace"),
-            )
-        self._reply(incoming, transaction, error=error)
-
-    def _reply(
-        self,
-        incoming: IncomingCommand,
-        transaction: object,
-        *,
-        sent: dict[str, object] | None = None,
-        error: str | None = None,
-    ) -> None:
-        self._mqtt.publish_result(
-            result_payload(incoming, transaction, sent=sent, error=error), incoming
-        )
-
-
-def open_outbox(options: OutboxOptions) -> Outbox:
-    if options.spool_path is None:
-        log.warning(
-            "BRIDGE_SPOOL_PATH=none: events held for the broker are lost if the bridge stops"
-        )
-        return MemoryOutbox(options.max_bytes, options.max_age)
-    try:
-        return SpoolOutbox(options.spool_path, options.max_bytes, options.max_age)
-    except SpoolError as exc:
-        raise ConfigError([str(exc)]) from None
+_T = TypeVar("_T")
 
 
 class HasBridgeOptions(Protocol):
@@ -195,13 +37,52 @@ class HasBridgeOptions(Protocol):
     def bridge_options(self) -> BridgeOptions: ...
 
 
-class Bridge:
-    """One reader, one broker. ``start()``, then ``stop()`` (from any thread).
+class App:
+    """One reader's session and what the process serves around it. Build it in the running
+    loop (a bad spool or HTTP port raises ``ConfigError`` from :meth:`start`)."""
 
-    Takes checked options, or settings to check (the tests pass ``Settings``; a bad one
-    raises :class:`ConfigError` here, before anything starts). ``on_fatal(name)`` is called
-    (from the dying thread) when one of its threads dies: the runner then exits non-zero.
-    """
+    def __init__(self, options: BridgeOptions, on_fatal: Callable[[str], None]) -> None:
+        self.options = options
+        self._on_fatal = on_fatal
+        self.sweep = Sweep()
+        self.sweep.on_sweep.append(logs.flush_throttles)  # repeated warnings' summaries
+        self.session: Session | None = None
+        self.http: HealthServer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(fatal_exception_handler(self._on_fatal))
+        if self.options.http is not None:
+            from bridge.health import HealthServer  # noqa: PLC0415 - see the TYPE_CHECKING import
+
+            self.http = HealthServer(self.options.http, self)
+            await self.http.start()  # first: a port already in use stops us before anything
+        self.session = Session(self.options, self.sweep, self._on_fatal)
+        self.session.start()
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        if self.session is not None:
+            await self.session.stop(timeout)
+
+    def abort(self) -> None:
+        if self.session is not None:
+            self.session.abort()
+
+    def dead_loops(self) -> list[str]:
+        return ["session"] if self.session is None else self.session.dead_loops()
+
+    def snapshot(self) -> Snapshot:
+        assert self.session is not None, "started first"
+        return self.session.snapshot()
+
+
+class Bridge:
+    """One reader, one broker, on an event loop in a thread of its own: ``start()``, then
+    ``stop()``, from any one thread. Takes checked options, or settings to check (a bad one
+    raises ``ConfigError`` here, before anything starts). ``on_fatal(name)`` is called, in
+    the loop's thread, when one of its parts dies."""
 
     def __init__(
         self,
@@ -212,159 +93,135 @@ class Bridge:
             options = options.bridge_options()
         self.options = options
         self.topics = options.topics
-        self._on_fatal = on_fatal or (lambda name: None)
-        self._stopping = False
-        self._batch: list[tuple[bytes, float]] = []  # the events of the current read
-        self._garbage = Throttle(log)
-        self.reader = ReaderLink(
-            options.reader,
-            self._on_frame,
-            self._on_skipped,
-            self._on_reader_state,
-            on_batch=self._on_read,
+        self._loop = asyncio.new_event_loop()
+        self.thread_name = f"bridge {options.topics.device_id}"
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=self.thread_name, daemon=True
         )
-        self.outbox = open_outbox(options.outbox)
-        self.mqtt = MqttLink(
-            options.mqtt,
-            self.topics,
-            options.identity,
-            self._on_command,
-            outbox=self.outbox,
-            discovery=options.discovery,
-            live_max_age=options.live_max_age,
-            on_fatal=self._fatal,
-        )
-        self.commands = CommandWorker(options.commands, self.reader, self.mqtt)
-        self._threads = [
-            watched_thread("reader", self.reader.run, self._fatal, lambda: self._stopping),
-            watched_thread("commands", self.commands.run, self._fatal, lambda: self._stopping),
-        ]
-        self._dead: list[str] = []
-        self.http: HealthServer | None = None
-        if options.http is not None:
-            from bridge.health import HealthServer  # noqa: PLC0415 - see the TYPE_CHECKING import
-
-            self.http = HealthServer(options.http, self, on_fatal=self._fatal)
-
-    def _fatal(self, name: str) -> None:
-        """A thread the bridge depends on died (logged with its traceback by then)."""
-        if name not in self._dead:
-            self._dead.append(name)
-        self._on_fatal(name)
+        self._app = App(options, on_fatal or (lambda name: None))
+        self._connected = threading.Event()
 
     def start(self) -> None:
-        if self.http is not None:
-            self.http.start()  # first: a port already in use stops us before anything runs
-        log.info(
-            "bridging reader %s:%d to broker %s:%d as %s",
-            self.reader.options.host,
-            self.reader.options.port,
-            self.mqtt.options.host,
-            self.mqtt.options.port,
-            self.topics.base,
+        self._thread.start()
+        self.call(self._start())
+
+    async def _start(self) -> None:
+        await self._app.start()
+        link = self.session.mqtt  # in the same step as the start: no connection yet
+        link.on_connection.append(
+            lambda up: self._connected.set() if up else self._connected.clear()
         )
-        discovery = self.options.discovery
-        if discovery is not None and discovery.node != self.topics.device_id:
-            # docs/home-assistant.md: node ids allow [A-Za-z0-9_-] only; "door.1" and "door_1"
-            # would become one device in Home Assistant, each bridge overwriting the other.
-            log.warning(
-                "BRIDGE_DEVICE_ID %r appears in Home Assistant as %r (discovery topics allow "
-                "only letters, digits, '_' and '-'): another reader whose id differs only in "
-                "other characters would share its device; such ids are best avoided",
-                self.topics.device_id,
-                discovery.node,
-            )
-        self.mqtt.start()
-        for thread in self._threads:
-            thread.start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Stop reading, finish commands, deliver what is pending, publish ``offline``."""
-        self._stopping = True
-        if self.http is not None:
-            self.http.stop()
-        self.reader.stop()
-        self.commands.stop()
-        for thread in self._threads:
-            thread.join(timeout)
-        self.mqtt.stop(drain_timeout=timeout)
-        log.info("stopped")
+        """Stop reading, deliver what is pending, publish ``offline``; then end the loop."""
+        if self._thread.is_alive():
+            self.call(self._app.stop(timeout), timeout + 10)
+            self._end_loop()
 
-    def abort(self, timeout: float = 1.0) -> None:
-        """After a thread died: free the reader's one slot and keep the spool as it is,
-        but say no goodbye to the broker (its last will tells ``offline,dead``)."""
-        self._stopping = True
-        if self.http is not None:
-            self.http.stop()
-        self.reader.stop()
-        for thread in self._threads:
-            thread.join(timeout)
-        self.mqtt.abort(timeout)
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._app.abort)
+            self._end_loop()
 
-    # -- what the health listener reads (its own threads) ----------------------------------
+    def _end_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def call(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
+        """Run ``coroutine`` in the bridge's loop and wait for its result."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def ask(self, question: Callable[[], _T]) -> _T:
+        """``question()`` answered in the bridge's loop (state is the loop's alone)."""
+
+        async def answer() -> _T:
+            return question()
+
+        return self.call(answer())
+
+    # -- what tests and embedders read ---------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        assert self._app.session is not None, "start() first"
+        return self._app.session
+
+    @property
+    def reader(self) -> ReaderLink:
+        return self.session.reader
+
+    @property
+    def commands(self) -> CommandWorker:
+        return self.session.commands
+
+    @property
+    def mqtt(self) -> LinkView:
+        return LinkView(self)
+
+    @property
+    def http(self) -> HealthServer | None:
+        return self._app.http
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until the broker session is up."""
+        return self._connected.wait(timeout)
 
     def dead_loops(self) -> list[str]:
-        """Names of the bridge's threads that died (paho's network thread included); all
-        of them before ``start``."""
-        dead = [thread.name for thread in self._threads if not thread.is_alive()]
-        if self._stopping:
-            return dead
-        return sorted({*dead, *self._dead, *self.mqtt.dead_loops()})
+        return self.ask(self._app.dead_loops)
 
     def is_alive(self) -> bool:
         return not self.dead_loops()
 
     def snapshot(self) -> Snapshot:
-        """The counters the parts keep anyway, and the link states, read now."""
-        from bridge.health import Snapshot  # noqa: PLC0415 - loaded already by its only caller
+        return self.ask(self._app.snapshot)
 
-        reader, mqtt = self.reader.counters, self.mqtt.counters
-        backlog = self.mqtt.backlog
-        last = reader.last_frame_at
-        return Snapshot(
-            reader_up=self.reader.is_up,
-            reader_down_reason=self.reader.down_reason,
-            broker_connected=self.mqtt.is_connected,
-            received=reader.frames,
-            parse_errors=reader.skipped,
-            published=mqtt.published,
-            rejected=mqtt.rejected,
-            buffered=backlog,
-            dropped=self.mqtt.dropped,
-            held_bytes=self.mqtt.held_bytes,
-            spooled=backlog if isinstance(self.outbox, SpoolOutbox) else 0,
-            commands_ok=self.commands.sent,
-            commands_refused=self.commands.refused,
-            commands_expired=self.commands.expired,
-            reader_connects=reader.connects,
-            broker_connects=mqtt.connects,
-            last_event_age=None if last is None else time.monotonic() - last,
-        )
 
-    # -- reader callbacks (reader thread) -------------------------------------------------
+class LinkView:
+    """The MQTT side of a :class:`Bridge`, read in its loop."""
 
-    def _on_frame(self, frame: Frame) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("event %s", frame.payload[:200].decode("utf-8", "replace"))
-        self._batch.append((frame.payload, time.time()))
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self._link: MqttLink = bridge.session.mqtt
+        self._delivery: Delivery = bridge.session.delivery
+        self.options = self._link.options
+        self.is_v5 = self._link.is_v5
 
-    def _on_read(self) -> None:
-        # The events of one read are spooled in one transaction: durable before anything
-        # else happens, without a disk write per event; then published from this thread.
-        batch, self._batch = self._batch, []
-        self.mqtt.publish_events(batch)
+    def wait_connected(self, timeout: float) -> bool:
+        return self._bridge.wait_connected(timeout)
 
-    def _on_skipped(self, skipped: Skipped) -> None:
-        self._garbage.warning(
-            "garbage",
-            "skipped %d byte(s) from the reader: %s (starts %r)",
-            skipped.size,
-            skipped.reason,
-            skipped.sample.decode("ascii", "backslashreplace"),
-        )
+    @property
+    def is_connected(self) -> bool:
+        return self._bridge.ask(lambda: self._link.is_connected)
 
-    def _on_reader_state(self, up: bool, reason: str) -> None:
-        self.mqtt.set_reader_up(up)
+    @property
+    def backlog(self) -> int:
+        """Events not yet acknowledged by the broker."""
+        return self._bridge.ask(self._delivery.unacked)
 
-    def _on_command(self, incoming: IncomingCommand) -> None:
-        self.commands.submit(incoming)
+    @property
+    def dropped(self) -> dict[str, int]:
+        return self._bridge.ask(lambda: self._delivery.dropped)
+
+    @property
+    def counters(self) -> MqttCounters:
+        def read() -> MqttCounters:
+            link, delivery = self._link, self._delivery
+            return MqttCounters(
+                delivery.published, delivery.rejected, link.connects, link.takeovers
+            )
+
+        return self._bridge.ask(read)
+
+
+@dataclass(frozen=True)
+class MqttCounters:
+    published: int
+    rejected: int
+    connects: int
+    takeovers: int

@@ -4,8 +4,8 @@
 Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passed check, 1 for a failed check,
 2 for bad settings or usage.
 
-``run`` checks the settings here, then hands them to ``bridge.runner`` in a fresh interpreter
-(same PID), which runs the bridge without pydantic's memory (the runner's docstring says why).
+``run`` checks the settings here, then runs the bridge in this process (``bridge.runner``).
+Exit status 70 means a part of the bridge died: its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -34,13 +34,7 @@ from bridge.config import (
 from bridge.console import HINT, InputError, act
 from bridge.environment import env_file_to_read, unknown_variables
 from bridge.options import LogLevel
-from bridge.runner import (
-    exec_runner,
-    hold_stop_signals,
-    print_problems,
-    serve,
-    wait_stop_signal,
-)
+from bridge.runner import hold_stop_signals, print_problems, serve, wait_stop_signal
 from bridge.simulator import PROFILES, SEPARATORS, Simulator, describe_listen_error
 
 log = logging.getLogger("bridge")
@@ -162,21 +156,14 @@ def _warn_unknown(env_file: Path | None) -> None:
 
 
 def run_bridge(args: argparse.Namespace) -> int:
-    """Check the settings here (exit 2 if bad), then become ``bridge.runner``: same PID."""
-    # Blocked before anything starts; the mask and a pending signal survive the exec, so the
-    # runner's sigwait still takes a SIGTERM sent in between.
-    hold_stop_signals()
+    """Check the settings (exit 2 if bad), then run the bridge until a stop signal."""
     if not args.simulate:
-        exec_runner(_settings(args).bridge_options())  # does not return
+        return serve(_settings(args).bridge_options())
     return _run_demo(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    """``run --simulate``: a simulated reader and the bridge, both in this process.
-
-    No exec to ``bridge.runner`` here: the simulator must live in this process, and a demo's
-    memory does not matter.
-    """
+    """``run --simulate``: a simulated reader and the bridge, both in this process."""
     simulator = _start_demo_reader(args)
     try:
         return serve(_settings(args, _demo_overrides(args, simulator)).bridge_options())

@@ -6,18 +6,18 @@ which is down. ``/metrics``: the Prometheus text format (OpenMetrics when the sc
 built at scrape time from the counters the bridge keeps anyway, so nothing is counted twice
 in the hot path. Any other path: 404.
 
-The listener is off unless BRIDGE_HTTP_PORT is set. Request lines are logged at DEBUG only: a
-probe every few seconds must not fill the log.
+The listener is off unless BRIDGE_HTTP_PORT is set; it runs on the bridge's event loop, which
+it never blocks (a request is read with a timeout, answered, and the connection closed).
+Request lines are logged at DEBUG only: a probe every few seconds must not fill the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -31,15 +31,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bridge import __version__
-from bridge.loops import Fatal, watched_thread
 from bridge.options import ConfigError, HttpOptions
 
 log = logging.getLogger(__name__)
 
 PREFIX = "springcore_bridge_"
 TEXT = "text/plain; charset=utf-8"
-POLL = 0.1
-"""Seconds between two looks of the serving loop at a stop request (socketserver polls)."""
+REQUEST_TIMEOUT = 5.0
+"""Seconds a client has to send its request."""
+MAX_HEADERS = 100
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Observed(Protocol):
     """What the listener reads; :class:`bridge.app.Bridge` is one."""
 
     def dead_loops(self) -> list[str]:
-        """Names of the bridge's threads that are not running."""
+        """Names of the bridge's parts that are not running."""
         ...
 
     def snapshot(self) -> Snapshot: ...
@@ -158,109 +158,99 @@ def readiness(state: Snapshot) -> str | None:
     return "; ".join(down) or None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class HealthServer:
+    """The listener, on the event loop: :meth:`start` binds (a port that cannot be bound is a
+    :class:`ConfigError`), :meth:`stop` closes. One short request per connection."""
 
     def __init__(self, options: HttpOptions, observed: Observed) -> None:
-        if ":" in options.host:
-            self.address_family = socket.AF_INET6
-        self.observed = observed
-        self.registry = CollectorRegistry()  # our own: nothing of the process-wide default
-        self.registry.register(BridgeCollector(observed.snapshot))
-        super().__init__((options.host, options.port), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:  # the name http.server dispatches on
-        try:
-            path = urlsplit(self.path).path
-            if path == "/healthz":
-                self._healthz()
-            elif path == "/readyz":
-                self._readyz()
-            elif path == "/metrics":
-                self._metrics()
-            else:
-                self._send(404, "not found: try /healthz, /readyz or /metrics")
-        except Exception:  # a bug here must not take the listener down
-            log.exception("health request %s failed", self.path)
-            self._send(500, "internal error, see the bridge's log")
-
-    def _healthz(self) -> None:
-        dead = self.server.observed.dead_loops()
-        if dead:
-            self._send(503, f"dead: stopped loop(s): {', '.join(dead)}")
-        else:
-            self._send(200, "alive")
-
-    def _readyz(self) -> None:
-        down = readiness(self.server.observed.snapshot())
-        if down:
-            self._send(503, f"not ready: {down}")
-        else:
-            self._send(200, "ready")
-
-    def _metrics(self) -> None:
-        encode, content_type = choose_encoder(self.headers.get("Accept", ""))
-        self._send(200, encode(self.server.registry), content_type)
-
-    def _send(self, status: int, body: str | bytes, content_type: str = TEXT) -> None:
-        data = body if isinstance(body, bytes) else body.encode() + b"\n"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class HealthServer:
-    """The listener: :meth:`start` binds and serves in a daemon thread, :meth:`stop` ends it."""
-
-    def __init__(
-        self, options: HttpOptions, observed: Observed, on_fatal: Fatal | None = None
-    ) -> None:
         self.options = options
         self._observed = observed
-        self._on_fatal = on_fatal or (lambda name: None)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._registry = CollectorRegistry()  # our own: nothing of the process-wide default
+        self._registry.register(BridgeCollector(observed.snapshot))
+        self._server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
         """The bound port (the configured one once started)."""
-        return self._server.server_address[1] if self._server else self.options.port
+        if self._server is None or not self._server.sockets:
+            return self.options.port
+        return int(self._server.sockets[0].getsockname()[1])
 
-    def start(self) -> None:
-        """Bind and serve; a port that cannot be bound is a :class:`ConfigError`."""
+    async def start(self) -> None:
         try:
-            self._server = _Server(self.options, self._observed)
+            self._server = await asyncio.start_server(
+                self._serve, self.options.host, self.options.port
+            )
         except OSError as exc:
             where = f"{self.options.host}:{self.options.port}"
             raise ConfigError(
                 [f"BRIDGE_HTTP_HOST/BRIDGE_HTTP_PORT: cannot listen on {where}: {exc.strerror}"]
             ) from None
-        server = self._server
-        self._thread = watched_thread(
-            "http", lambda: server.serve_forever(POLL), self._on_fatal, lambda: self._stopping
-        )
-        self._thread.start()
         log.info(
             "health and metrics on http://%s:%d/ (healthz, readyz, metrics)",
             self.options.host,
             self.port,
         )
 
-    def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._stopping = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(2)
-        self._server = self._thread = None
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT)
+            status, body, content_type = self._answer(*request) if request else _BAD
+            data = body if isinstance(body, bytes) else body.encode() + b"\n"
+            head = (
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + data)
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            log.debug("health request abandoned", exc_info=True)
+        finally:
+            writer.close()
+
+    def _answer(self, method: str, target: str, accept: str) -> tuple[int, str | bytes, str]:
+        """Status, body and content type for ``method target``."""
+        if method != "GET":
+            return 405, "only GET is served here", TEXT
+        try:
+            path = urlsplit(target).path
+            if path == "/healthz":
+                dead = self._observed.dead_loops()
+                if dead:
+                    return 503, f"dead: stopped loop(s): {', '.join(dead)}", TEXT
+                return 200, "alive", TEXT
+            if path == "/readyz":
+                down = readiness(self._observed.snapshot())
+                return (503, f"not ready: {down}", TEXT) if down else (200, "ready", TEXT)
+            if path == "/metrics":
+                encode, content_type = choose_encoder(accept)
+                return 200, encode(self._registry), content_type
+        except Exception:  # a bug here must not take the listener down
+            log.exception("health request %s failed", target)
+            return 500, "internal error, see the bridge's log", TEXT
+        return 404, "not found: try /healthz, /readyz or /metrics", TEXT
+
+
+_BAD = (400, "bad request", TEXT)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, str] | None:
+    """Method, target and Accept header of one HTTP request; ``None`` if it is not one."""
+    parts = (await reader.readuntil(b"\n")).decode("latin-1").split()
+    accept = ""
+    for _ in range(MAX_HEADERS):
+        line = (await reader.readuntil(b"\n")).decode("latin-1").strip()
+        if not line:
+            break
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "accept":
+            accept = value.strip()
+    log.debug("health request %s", " ".join(parts[:2]))
+    return (parts[0], parts[1], accept) if len(parts) == 3 else None

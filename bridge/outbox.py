@@ -8,46 +8,25 @@ Only when the bytes of the waiting events pass the bound (``BRIDGE_SPOOL_MAX_MB`
 the reason ``size``; an event older than ``BRIDGE_OUTBOX_MAX_AGE`` is dropped under ``age``.
 Events already handed to paho (a window of at most ``delivery.WINDOW``) cannot be taken back:
 they are never dropped, and their bytes come on top of the bound.
-The caller (``mqtt.MqttLink``) serialises every call under its own lock and never holds
-that lock around paho's ``publish()``.
-
-The spool is SQLite in WAL mode with ``synchronous=NORMAL`` (``bridge.spool`` opens it). The
-events of one read are committed in one transaction before the next read, so a crash
-(SIGKILL, OOM) of the bridge loses at most the read in progress - which no order of steps can
-save, the reader has sent it - and only a power cut within the last moments could lose more
-(SQLite's own guarantee for that mode). The caller may hand events to paho before that
-commit, in the same step: that only lets the broker see them earlier, it never makes a crash
-lose more. Acknowledged rows are deleted in batches (``flush``), so after a crash a few
-events may be sent twice - with the same ``seq``, which tells the duplicate. A full disk
-(``SQLITE_FULL``) costs events, counted under ``size``, never the bridge.
+Its one user is ``delivery.Delivery``, in the event loop's thread.
+The spool's own guarantees are in ``bridge.spool_outbox``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from bridge.logs import Throttle
-from bridge.spool import Spool
 
 log = logging.getLogger(__name__)
 
-WINDOW_ROWS = 500
-"""Queued spool rows kept in memory at a time; the rest stay on disk."""
 AGE_CHECK = 10.0
 """Seconds between two scans for events older than the age limit."""
-INSERT_SIZES = (256, 64, 16, 4, 1)
-"""Rows per INSERT statement (3 variables each: 768 at most, under SQLite's oldest limit
-of 999)."""
-SPOOL_ROW_OVERHEAD = 32
-"""Bytes a spool row takes besides its payload (seq, time, record header), roughly."""
 MEMORY_OVERHEAD = 160
 """Bytes an event held in memory takes besides its payload (the objects around it)."""
 DROP_REASONS = ("size", "age")
@@ -65,6 +44,7 @@ class Pending:
 
 class Outbox(Protocol):
     dropped: dict[str, int]  # per reason, DROP_REASONS
+    durable: bool  # held on disk: survives a crash of the bridge
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None: ...
     def take(self) -> Pending | None: ...
@@ -79,18 +59,12 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
-@functools.lru_cache(maxsize=len(INSERT_SIZES))
-def _insert_sql(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?)"] * rows)
-    return f"INSERT INTO events (seq, received_at, payload) VALUES {values}"  # noqa: S608
-
-
 def first_seq() -> int:
     """Sequence numbers start from the clock in microseconds: they increase across restarts."""
     return time.time_ns() // 1000
 
 
-class _Bounds:
+class Bounds:
     """The byte and age bounds, and the counting and logging of what they drop."""
 
     def __init__(self, max_bytes: int, max_age: float, size_setting: str) -> None:
@@ -131,8 +105,10 @@ class _Bounds:
         self._throttle.flush()
 
 
-class MemoryOutbox(_Bounds):
+class MemoryOutbox(Bounds):
     """The outbox without a spool: lost if the bridge itself stops."""
+
+    durable = False
 
     def __init__(self, max_bytes: int, max_age: float) -> None:
         super().__init__(max_bytes, max_age, "BRIDGE_MEMORY_MAX_MB")
@@ -196,231 +172,3 @@ class MemoryOutbox(_Bounds):
 
     def close(self) -> None:
         """Nothing to keep."""
-
-
-def _row_size(payload: bytes) -> int:
-    return len(payload) + SPOOL_ROW_OVERHEAD
-
-
-class SpoolOutbox(_Bounds):
-    """The outbox on disk: what the broker has not acknowledged survives a crash."""
-
-    def __init__(self, path: Path, max_bytes: int, max_age: float) -> None:
-        super().__init__(max_bytes, max_age, "BRIDGE_SPOOL_MAX_MB")
-        self.path = path
-        self._spool = Spool.open(path)  # locked for this process; a corrupt file moved aside
-        self._db = self._spool.db
-        self._window: deque[Pending] = deque()
-        self._staged: list[tuple[int, float, bytes]] = []  # put, not yet written
-        self._window_complete = False  # every queued row is in the window
-        self._acked: list[int] = []
-        self._out: set[int] = set()  # handed out, not yet acknowledged
-        self._closed = False
-        self._age_checked = 0.0
-        self._cursor = 0  # highest seq handed out
-        self._drop_older_than(time.time() - max_age)
-        count, top, payload_bytes = self._db.execute(
-            "SELECT COUNT(*), MAX(seq), TOTAL(LENGTH(payload)) FROM events"
-        ).fetchone()
-        self._count: int = count
-        self._bytes = int(payload_bytes) + count * SPOOL_ROW_OVERHEAD
-        self._seq = max(first_seq(), (top or 0) + 1)
-        if self._count:
-            log.info("spool %s holds %d undelivered event(s) from before", path, self._count)
-        if self._over_bound():  # the bound was lowered since they were spooled
-            self._drop_oldest_queued()
-            self._db.commit()
-
-    def put_many(self, events: Sequence[tuple[bytes, float]]) -> None:
-        """Queue events (payload, ``time.time()`` when read), in order. They are written
-        and made durable by the next ``commit()`` (one per read, not one per event), so
-        they can be taken before any disk work: SQLite stays off the latency path."""
-        rows = [(self._seq + n, at, payload) for n, (payload, at) in enumerate(events, 1)]
-        if not rows:
-            return
-        self._seq += len(rows)
-        self._staged += rows
-        self._count += len(rows)
-        self._bytes += sum(_row_size(payload) for _, _, payload in rows)
-        if self._window_complete:
-            if len(self._window) + len(rows) <= WINDOW_ROWS:
-                self._window.extend(Pending(seq, payload, at) for seq, at, payload in rows)
-            else:
-                self._window_complete = False
-        if self._over_bound():
-            self._drop_oldest_queued()
-
-    def commit(self) -> None:
-        """Write and make durable every event put so far (one transaction for a whole
-        read's events). With the disk full, the oldest waiting events make room; if that
-        is not enough, the new ones are dropped (still delivered if paho has them)."""
-        if not self._staged:
-            return
-        rows, self._staged = self._staged, []
-        try:
-            self._insert(rows)
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
-                raise
-            self._on_disk_full(rows)
-
-    def _insert(self, rows: list[tuple[int, float, bytes]]) -> None:
-        # Many rows per statement: sqlite3 releases and retakes the GIL around every step,
-        # so executemany() (one step per row) handed the GIL to paho's thread and back once
-        # per event at full load. Chunks of 256, 64, ... 1 rows: few steps, and few distinct
-        # statements for SQLite's statement cache to hold (each prepared one keeps memory).
-        with self._db:  # one transaction: committed, or rolled back on an error
-            start = 0
-            for size in INSERT_SIZES:
-                while len(rows) - start >= size:
-                    chunk = rows[start : start + size]
-                    self._db.execute(_insert_sql(size), [value for row in chunk for value in row])
-                    start += size
-
-    def _on_disk_full(self, rows: list[tuple[int, float, bytes]]) -> None:
-        needed = sum(_row_size(payload) for _, _, payload in rows)
-        log.error(
-            "the disk holding the spool %s is full: dropping the oldest waiting events", self.path
-        )
-        waiting = self._bytes - self._out_bytes
-        doomed = self._drop_oldest_queued(target=max(0, waiting - 2 * needed), written=False)
-        rows = [row for row in rows if row[0] not in doomed]
-        try:
-            self._insert(rows)
-            lost: set[int] = set()
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
-                raise
-            lost = {seq for seq, _, _ in rows} - self._out  # handed to paho: still delivered
-            for seq, _, payload in rows:
-                if seq in lost:
-                    self._count -= 1
-                    self._bytes -= _row_size(payload)
-            self._report_drop(len(lost), "size")
-        # The window may hold rows that never reached the disk: read it again from there.
-        self._window.clear()
-        self._window_complete = False
-
-    def _drop_oldest_queued(self, target: int | None = None, written: bool = True) -> set[int]:
-        """Drop the oldest events not handed out yet until ``target`` bytes (the bound) are
-        held; their seqs. ``written``: the staged rows may be among them, so they are
-        written first (else they are the caller's)."""
-        if written:
-            self.commit()
-        doomed: list[int] = []
-        while self._over_bound(target):
-            self._fill_window()
-            if not self._window:
-                break
-            oldest = self._window.popleft()
-            self._cursor = max(self._cursor, oldest.seq)  # never handed out: skip it
-            doomed.append(oldest.seq)
-            self._count -= 1
-            self._bytes -= _row_size(oldest.payload)
-        if doomed:
-            self._delete(doomed)
-            self._report_drop(len(doomed), "size")
-        return set(doomed)
-
-    def _delete(self, seqs: Iterable[int]) -> None:
-        seqs = sorted(seqs)
-        if seqs[-1] - seqs[0] + 1 == len(seqs):
-            # In order, as acknowledgements and drops come: one range instead of one per row.
-            self._db.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
-        else:
-            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in seqs))
-        self._db.commit()
-
-    def _fill_window(self) -> None:
-        if self._window or self._window_complete:
-            return
-        self.commit()  # the query must see every row put
-        rows = self._db.execute(
-            "SELECT seq, payload, received_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self._cursor, WINDOW_ROWS),
-        ).fetchall()
-        self._window.extend(Pending(seq, bytes(payload), at) for seq, payload, at in rows)
-        self._window_complete = len(rows) < WINDOW_ROWS
-
-    def take(self) -> Pending | None:
-        self._fill_window()
-        if not self._window:
-            return None
-        item = self._window.popleft()
-        self._cursor = item.seq
-        self._out.add(item.seq)
-        self._out_bytes += _row_size(item.payload)
-        return item
-
-    def give_back(self, item: Pending) -> None:
-        self._out.discard(item.seq)
-        self._out_bytes -= _row_size(item.payload)
-        self._window.appendleft(item)
-        self._cursor = item.seq - 1
-
-    def ack(self, item: Pending) -> None:
-        if item.seq in self._out:
-            self._out.discard(item.seq)
-            self._acked.append(item.seq)
-            self._count -= 1
-            self._bytes -= _row_size(item.payload)
-            self._out_bytes -= _row_size(item.payload)
-
-    def unacked(self) -> int:
-        return self._count
-
-    def queued(self) -> int:
-        return self._count - len(self._out)
-
-    def flush(self) -> None:
-        """Delete acknowledged rows and (every AGE_CHECK s) rows past the age limit."""
-        self.commit()
-        if self._acked:
-            try:
-                self._delete(self._acked)
-                self._acked = []
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
-                    raise
-                # Kept for the next flush; a crash meanwhile would only send them twice.
-                self._db.rollback()
-        self.flush_log()
-        now = time.monotonic()
-        if now - self._age_checked < AGE_CHECK:
-            return
-        self._age_checked = now
-        if self._drop_older_than(time.time() - self.max_age, queued_only=True):
-            self._window.clear()
-            self._window_complete = False
-
-    def _drop_older_than(self, cutoff: float, queued_only: bool = False) -> int:
-        floor = self._cursor if queued_only else 0
-        where = "WHERE received_at < ? AND seq > ?"
-        count, payload_bytes = self._db.execute(
-            f"SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM events {where}",  # noqa: S608
-            (cutoff, floor),
-        ).fetchone()
-        if not count:
-            return 0
-        self._db.execute(f"DELETE FROM events {where}", (cutoff, floor))  # noqa: S608
-        self._db.commit()
-        if queued_only:  # at start-up the totals are read afterwards
-            self._count -= count
-            self._bytes -= int(payload_bytes) + count * SPOOL_ROW_OVERHEAD
-        self._report_drop(count, "age")
-        return int(count)
-
-    def checkpoint(self) -> None:
-        """Copy committed pages from the write-ahead log into the database (never blocks
-        the writer). The one call that may be made without the caller's lock, by one thread
-        at a time: it has its own connection."""
-        if not self._closed:
-            self._spool.checkpoint()
-
-    def close(self) -> None:
-        """Flush and close; closing twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        self.flush()
-        self._spool.close()

@@ -1,6 +1,6 @@
 """The spool file: opening it safely, owning it alone, and starting afresh when it is corrupt.
 
-``bridge.outbox.SpoolOutbox`` keeps events in it; this module only opens, locks, checks and
+``bridge.spool_outbox.SpoolOutbox`` keeps events in it; this module only opens, locks, checks and
 closes the SQLite file. What it guarantees:
 
 * one bridge per file: an exclusive ``flock`` held for the life of the process; a second

@@ -6,6 +6,8 @@ dropping sockets. The machine's own broker on 1883 is never used.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import itertools
@@ -17,21 +19,25 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
+from bridge.app import Bridge
 from bridge.config import env_names
 
 REPO = Path(__file__).resolve().parent.parent
 
 _ids = itertools.count(1)
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -234,6 +240,49 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return response.status, response.read().decode()
     finally:
         connection.close()
+
+
+class LoopThread:
+    """An event loop in a thread of its own, to run a part of the bridge from a test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def ask(self, question: Callable[[], T]) -> T:
+        async def answer() -> T:
+            return question()
+
+        return self.call(answer())
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def wait_done(self, future: concurrent.futures.Future[None], timeout: float) -> bool:
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+def kill_task(bridge: Bridge, name: str) -> None:
+    """Cancel the bridge's task ``name`` ("commands", "reader") as a bug would end it."""
+
+    def cancel() -> None:
+        (task,) = [task for task in asyncio.all_tasks() if task.get_name() == name]
+        task.cancel()
+
+    bridge.ask(cancel)
 
 
 def bridge_env(**values: str) -> dict[str, str]:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge.outbox import SpoolOutbox
 from bridge.simulator import Simulator
+from bridge.spool_outbox import SpoolOutbox
 from tests.support import bridge_command, bridge_env, free_port
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here

@@ -23,7 +23,14 @@ from bridge.app import Bridge
 from bridge.logs import JsonFormatter
 from bridge.probe import CheckResult, describe_reader_error
 from bridge.simulator import Simulator
-from tests.support import bridge_command, bridge_env, free_port, http_get, wait_until
+from tests.support import (
+    bridge_command,
+    bridge_env,
+    free_port,
+    http_get,
+    kill_task,
+    wait_until,
+)
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its types are needed here
     from tests.support import Broker, Subscriber
@@ -148,7 +155,7 @@ def test_healthz_is_503_naming_a_stopped_loop(
     listening: Callable[..., tuple[Bridge, int]],
 ) -> None:
     bridge, port = listening()
-    bridge.commands.stop()  # the command worker's loop ends, as it would on a fatal bug
+    kill_task(bridge, "commands")  # the command worker's task ends, as it would on a bug
     body = wait_status(port, "/healthz", 503)
     assert body == "dead: stopped loop(s): commands\n"
     assert not bridge.is_alive()
@@ -259,7 +266,7 @@ def test_health_subcommand_exits_0_on_200_and_1_otherwise(
     ready = run_cli(tmp_path, "health", "--ready", http_port=str(port))
     assert ready.returncode == 0, ready.stdout + ready.stderr
 
-    bridge.commands.stop()
+    kill_task(bridge, "commands")
     wait_status(port, "/healthz", 503)
     dead = run_cli(tmp_path, "health", http_port=str(port))
     assert dead.returncode == 1

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.outbox import MEMORY_OVERHEAD, SPOOL_ROW_OVERHEAD, MemoryOutbox, Outbox, SpoolOutbox
+from bridge.outbox import MEMORY_OVERHEAD, MemoryOutbox, Outbox
 from bridge.spool import SpoolError, check_spool
+from bridge.spool_outbox import SPOOL_ROW_OVERHEAD, SpoolOutbox
 
 MB = 1024 * 1024
 PAYLOAD = 8  # bytes of b'{"n":NN}' for NN < 100

@@ -1,14 +1,12 @@
-"""``run`` hands checked options to a fresh interpreter (``bridge.runner``) that never loads
-pydantic; what it must still do: bridge events, keep the secret out of argv, stop cleanly.
-
-Memory itself is not asserted here (``scripts/bench.py`` measures it); these tests check the
-structure that keeps it low: which modules load, and that the exec really happened.
+"""``run``: the long-running process - one event loop in the main thread bridging a reader
+until SIGTERM (``bridge.runner``). What it must do: bridge events, name itself for ``ps``,
+keep the secret out of argv and the environment, do it all without a thread per part, stop
+cleanly, and report what only starting finds out (a port in use) as a bad setting.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -48,51 +46,6 @@ def test_runner_and_app_import_no_pydantic_no_prometheus_no_cli():
     assert run_fresh(probe) == "[]"
 
 
-# -- the runner on its own -------------------------------------------------------------------
-
-
-def run_runner(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge.runner", *args],
-        env=bridge_env(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-        pass_fds=pass_fds,
-    )
-
-
-def test_runner_without_a_descriptor_prints_its_usage_and_exits_2():
-    result = run_runner()
-    assert result.returncode == 2
-    assert result.stderr.startswith("usage: python -m bridge.runner --options-fd FD")
-
-
-def test_runner_given_garbage_on_its_descriptor_exits_2_without_traceback():
-    read_fd, write_fd = os.pipe()
-    with os.fdopen(write_fd, "wb") as pipe:
-        pipe.write(b'{"topics": 1}')
-    try:
-        result = run_runner("--options-fd", str(read_fd), pass_fds=(read_fd,))
-    finally:
-        os.close(read_fd)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"springcore-bridge: no options on descriptor {read_fd}: ")
-    assert "options: expected the fields" in result.stderr
-
-
-def test_runner_given_a_closed_descriptor_exits_2():
-    result = run_runner("--options-fd", "1000")
-    assert result.returncode == 2
-    assert "springcore-bridge: no options on descriptor 1000: " in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-# -- run, through the exec -------------------------------------------------------------------
-
-
 def run_cli(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         bridge_command("run"),
@@ -105,28 +58,19 @@ def run_cli(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def fd_targets(pid: int) -> list[str]:
-    """What each open descriptor of ``pid`` points to (one may close while we look)."""
-    targets = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+def threads_of(pid: int) -> list[str]:
+    """The names of the threads of process ``pid`` (one may end while we look)."""
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            targets.append(os.readlink(fd))
+            names.append((task / "comm").read_text().strip())
         except FileNotFoundError:
             continue
-    return targets
+    return names
 
 
-def test_settings_too_large_for_the_pipe_exit_2_before_the_exec(tmp_path: Path):
-    env = bridge_env(reader_host="127.0.0.1", reader_location="x" * 70_000)
-    result = run_cli(tmp_path, env)
-    assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
-    assert line.startswith("springcore-bridge: settings: their ")
-    assert line.endswith(" bytes do not fit a pipe; shorten the longest value")
-
-
-def test_a_port_in_use_after_the_exec_exits_2_naming_the_setting(tmp_path: Path):
-    """The runner reports what only starting finds out as ``run`` reports bad settings."""
+def test_a_port_in_use_at_start_exits_2_naming_the_setting(tmp_path: Path):
+    """``run`` reports what only starting finds out as it reports bad settings."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -149,7 +93,7 @@ def test_a_port_in_use_after_the_exec_exits_2_naming_the_setting(tmp_path: Path)
 
 
 @pytest.mark.integration
-def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigterm(
+def test_run_bridges_on_one_loop_names_itself_and_stops_on_sigterm(
     broker: Broker,
     simulator: Simulator,
     subscribe: Callable[..., Subscriber],
@@ -169,8 +113,7 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
         mqtt_password_file=secret_file,
     )
     log = tmp_path / "bridge.log"
-    # A decoy package in the working directory: the console script never loads it, nor may
-    # the interpreter it execs (``python -m`` would put the working directory first).
+    # A decoy package in the working directory: the console script never loads it.
     (tmp_path / "bridge").mkdir()
     (tmp_path / "bridge" / "__init__.py").write_text("raise SystemExit('decoy loaded')\n")
     console_script = Path(sys.executable).with_name("springcore-bridge")
@@ -190,21 +133,19 @@ def test_run_execs_into_a_runner_without_pydantic_that_bridges_and_stops_on_sigt
             check=False,
         ).stdout.split()
         environ = (proc / "environ").read_bytes()
-        maps = (proc / "maps").read_text()
-        descriptors = fd_targets(process.pid)
+        threads = threads_of(process.pid)
         process.send_signal(signal.SIGTERM)
         status = process.wait(5)
     assert json.loads(delivered.payload) == event
-    # Same PID, new program: the exec happened (the decoy package in the working directory
-    # was not loaded), and pydantic's native code is not mapped.
-    assert "pydantic_core" not in maps
-    # ps and pgrep show what runs, not "python3 -P -c import sys...".
+    # ps and pgrep show what runs, not "python3 .../springcore-bridge run".
     assert argv[0] == f"springcore-bridge {device_id}".encode(), argv
     assert comm == "springcore-brid\n"  # the kernel keeps 15 characters of it
     assert found == [str(process.pid)]
-    # The options came through the pipe only, and the runner closed it once read.
     assert password.encode() not in b"\0".join(argv) + environ
-    assert [target for target in descriptors if target.startswith("pipe:")] == []
+    # One event loop for the reader, the broker and the commands: besides the main thread,
+    # one executor thread (paho's blocking connect ran there) and the SQLite worker (a
+    # checkpoint ran there), both idle now. No paho thread, no thread per part.
+    assert len(threads) <= 3, threads
     assert status == 0, log.read_text()
     assert sub.next(topic=f"{base}/status").json() == OFFLINE
     assert simulator.wait_no_client(5)
@@ -226,11 +167,9 @@ def test_run_simulate_bridges_its_own_reader_in_one_process_and_stops_on_sigterm
     with reaped(process):
         sub.wait_for(lambda m: m.topic == f"{base}/status" and m.json() == READY, timeout=15)
         event = sub.next(topic=f"{base}/rdr/evt", timeout=10)  # the demo reads every 3 s
-        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         process.send_signal(signal.SIGTERM)
         status = process.wait(5)
     assert isinstance(event.json(), dict)
-    assert b"bridge.runner" not in argv  # the demo keeps its simulator: no exec
     assert status == 0, log.read_text()
     assert sub.next(topic=f"{base}/status").json() == OFFLINE
     assert "Traceback" not in log.read_text()

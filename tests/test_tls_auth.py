@@ -498,13 +498,15 @@ def test_failure_retries_with_growing_delays_and_stops_cleanly(
     assert run.simulator.wait_client(5)
     run.simulator.emit()
     wait_until(lambda: run.bridge.mqtt.backlog == 1, "the event to be held for the broker")
-    network = f"paho-mqtt-client-{run.bridge.mqtt.options.client_id}"  # paho's thread name
-    assert any(thread.name == network for thread in threading.enumerate())
+    # One event loop does all of it: no paho thread (docs/architecture.md §2).
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("paho")]
+    loop_thread = run.bridge.thread_name
+    assert loop_thread in {thread.name for thread in threading.enumerate()}
 
     began = time.monotonic()
     run.stop()
     assert time.monotonic() - began < 3.0
-    assert not any(thread.name == network for thread in threading.enumerate())
+    assert loop_thread not in {thread.name for thread in threading.enumerate()}
     assert run.simulator.wait_no_client(5)
 
 

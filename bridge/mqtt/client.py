@@ -12,7 +12,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from typing import Literal
 
 import paho.mqtt.client as paho
@@ -47,33 +46,10 @@ _PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untype
 
 
 class Client(paho.Client):
-    """paho's client, remembering why the last connection attempt failed (for the log),
-    telling when its network thread has written to the broker (``wrote``) and when that
-    thread ends (``on_loop_exit``), and taking the common PUBACK the short way."""
+    """paho's client, taking the common PUBACK the short way, and closing the socket of a
+    failed TLS handshake."""
 
-    last_error: BaseException | None = None
-    wrote: threading.Event  # set by new_client()
-    is_looping = False  # paho's network loop (loop_start's thread) runs
-    on_loop_exit: Callable[[Exception | None], None] | None = None
-    """Called by the network thread as it ends: with the exception that killed it, if any."""
     _fast_puback = True
-
-    def loop_forever(
-        self, timeout: float = 1.0, retry_first_connection: bool = False
-    ) -> MQTTErrorCode:
-        """paho's loop (``loop_start`` runs it in its thread), watched: paho's thread dies in
-        silence when something inside it raises (paho #365), so its end is reported."""
-        error: Exception | None = None
-        self.is_looping = True
-        try:
-            return super().loop_forever(timeout, retry_first_connection)
-        except Exception as exc:  # reported below, with its traceback, instead of re-raised
-            error = exc
-            return MQTTErrorCode.MQTT_ERR_UNKNOWN
-        finally:
-            self.is_looping = False
-            if self.on_loop_exit is not None:
-                self.on_loop_exit(error)
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         """paho's, without decoding a PUBACK that carries only the packet id: success with
@@ -109,19 +85,6 @@ class Client(paho.Client):
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _PUBACK_SUCCESS, _PUBACK_NO_PROPERTIES)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        sent = super()._sock_send(buf)
-        if not self.wrote.is_set():  # once per clear(): set() takes a lock and notifies
-            self.wrote.set()
-        return sent
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_error = exc
-            raise
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         """paho 2.2's, but closing the socket when the handshake fails (paho leaves it open,
@@ -244,7 +207,6 @@ def new_client(options: MqttOptions, client_id: str | None = None) -> Client:
         clean_session=None if v5 else True,
     )
     client.suppress_exceptions = True
-    client.wrote = threading.Event()
     if options.username is not None:
         password = options.password.get_secret_value() if options.password else None
         client.username_pw_set(options.username, password)

@@ -122,8 +122,8 @@ class ConnectionWatch:
             return f"the broker closed the session ({reason_code}): {hint}"
         if reason_code.value == _KEEPALIVE_TIMEOUT:
             return (
-                "no answer from the broker within 1.5-2 x BRIDGE_MQTT_KEEPALIVE "
-                f"({self.options.keepalive} s): the broker or the network path hangs"
+                "the broker did not answer a keepalive ping (BRIDGE_MQTT_KEEPALIVE="
+                f"{self.options.keepalive} s): the broker or the network path hangs"
             )
         return (
             "the connection closed without a word from the broker (it stopped or restarted, "

@@ -1,0 +1,178 @@
+"""One reader's command worker: validates each command from MQTT, sends it to the reader
+before its deadline or drops it, and answers every message with exactly one result.
+
+It takes two small ports - a :class:`CommandSender` (the reader link) and a
+:class:`ResultSink` (the MQTT link) - so it is tested against fakes as well as end to end.
+Commands are handled one at a time, in arrival order, by one task per reader; nothing is
+ever written after its deadline: a late "accept" on a door reader is a security fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Protocol
+
+from bridge.commands import Command, CommandError, RateLimit, parse_command
+from bridge.logs import Throttle
+from bridge.mqtt.incoming import IncomingCommand
+from bridge.mqtt.outgoing import Result
+from bridge.options import CommandOptions
+from bridge.reader import CommandNotSentError
+
+log = logging.getLogger(__name__)
+
+COMMAND_QUEUE = 100
+"""Commands waiting for the reader at most; beyond, refused at once."""
+RETAINED_REMEMBERED = 1000
+"""Retained payloads whose refusal was logged, remembered so that it is logged once."""
+
+
+class CommandSender(Protocol):
+    async def send(self, data: bytes, deadline: float, gap: float = 0.0) -> None:
+        """Write before ``deadline`` or raise :class:`CommandNotSentError`."""
+        ...
+
+
+class ResultSink(Protocol):
+    def publish_result(self, result: Result) -> None: ...
+
+
+def transaction_of(payload: bytes) -> object:
+    """The ``transaction`` of a command payload, valid or not, for its result."""
+    try:
+        return parse_command(payload).transaction
+    except CommandError as exc:
+        return exc.transaction
+
+
+def result_of(
+    incoming: IncomingCommand,
+    transaction: object,
+    *,
+    sent: dict[str, object] | None = None,
+    error: str | None = None,
+) -> Result:
+    """``{"ok": ..., "transaction": ..., "sent"|"error": ...}`` (README, Commands), for the
+    result topic and the command's v5 response topic."""
+    body: dict[str, object] = {"ok": error is None}
+    if transaction is not None:
+        body["transaction"] = transaction
+    if error is None:
+        body["sent"] = sent
+    else:
+        body["error"] = error
+    payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return Result(payload, incoming.response_topic, incoming.correlation)
+
+
+class CommandWorker:
+    """Validates, paces and sends one reader's commands; one result each."""
+
+    def __init__(
+        self, options: CommandOptions, sender: CommandSender, results: ResultSink, topic: str
+    ) -> None:
+        self.options = options
+        self._sender = sender
+        self._results = results
+        self._topic = topic
+        self._queue: asyncio.Queue[IncomingCommand] = asyncio.Queue(COMMAND_QUEUE)
+        self._limit = RateLimit(options.rate, options.burst)
+        self._retained_seen: set[bytes] = set()  # digests of retained payloads logged once
+        self._throttle = Throttle(log)
+        self.sent = 0
+        self.refused = 0
+        self.expired = 0
+
+    def submit(self, incoming: IncomingCommand) -> None:
+        """From the MQTT link, as the message arrives: never blocks."""
+        try:
+            self._queue.put_nowait(incoming)
+        except asyncio.QueueFull:
+            transaction = transaction_of(incoming.payload)
+            self._reply(incoming, transaction, error="too many commands waiting; dropped")
+
+    async def run(self) -> None:
+        while True:
+            incoming = await self._queue.get()
+            try:
+                await self.handle(incoming)
+            except Exception:  # a bug with one command must not silence the next ones
+                log.exception("command handling failed")
+
+    async def handle(self, incoming: IncomingCommand) -> None:
+        if incoming.retained:
+            self._refuse_retained(incoming)
+            return
+        command = self._check(incoming)
+        if command is None:
+            return
+        deadline = incoming.received + self.options.timeout
+        data = command.encode()
+        try:
+            await self._sender.send(data + self.options.delimiter, deadline, self.options.gap)
+        except CommandNotSentError as exc:
+            self.expired += 1
+            message = (
+                f"not sent within {self.options.timeout:g} s: {exc}; "
+                "dropped so that it cannot run late"
+            )
+            log.warning("command %s %s", data.decode(), message)
+            self._reply(incoming, command.transaction, error=message)
+            return
+        self.sent += 1
+        log.info("command sent to the reader: %s", data.decode())
+        self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
+
+    def _check(self, incoming: IncomingCommand) -> Command | None:
+        """The command to send, or ``None`` after its refusal was answered."""
+        try:
+            command = parse_command(incoming.payload, self.options.allowed_fields)
+            if not self._limit.allow(incoming.received):
+                raise CommandError(
+                    f"rate limit: more than {self.options.rate:g} commands per second "
+                    f"(bursts of {self.options.burst}, BRIDGE_COMMAND_RATE/_BURST); dropped",
+                    command.transaction,
+                )
+        except CommandError as exc:
+            self.refused += 1
+            kind = "rate" if str(exc).startswith("rate limit") else "refused"
+            self._throttle.warning(kind, "command refused: %s", exc)
+            self._reply(incoming, exc.transaction, error=str(exc))
+            return None
+        return command
+
+    def _refuse_retained(self, incoming: IncomingCommand) -> None:
+        """A retained message on the command topic is never executed: it would run again
+        on every reconnection. Each one gets its result; the log names a given payload once
+        (a v3.1.1 broker replays it at every subscription)."""
+        self.refused += 1
+        if not incoming.payload:  # someone cleared the retained command: that is the fix
+            self._retained_seen.clear()
+            log.info("the retained message on %s was cleared", self._topic)
+            self._reply(incoming, None, error="empty retained message (a clearing); nothing sent")
+            return
+        error = (
+            "retained command refused: it would run again on every reconnection; publish "
+            "commands without the retain flag, and clear this one (an empty retained message)"
+        )
+        digest = hashlib.sha256(incoming.payload).digest()
+        if digest not in self._retained_seen:
+            if len(self._retained_seen) >= RETAINED_REMEMBERED:
+                self._retained_seen.clear()  # a flood of distinct ones: say them again
+            self._retained_seen.add(digest)
+            shown = incoming.payload[:100].decode("utf-8", "replace")
+            log.warning("%s on %s: %s", error, self._topic, shown)
+        self._reply(incoming, transaction_of(incoming.payload), error=error)
+
+    def _reply(
+        self,
+        incoming: IncomingCommand,
+        transaction: object,
+        *,
+        sent: dict[str, object] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._results.publish_result(result_of(incoming, transaction, sent=sent, error=error))
