@@ -64,25 +64,104 @@ def first_seq() -> int:
     return time.time_ns() // 1000
 
 
-class Bounds:
-    """The byte and age bounds, and the counting and logging of what they drop."""
+class Pool:
+    """The byte bound that the outboxes of a fleet's readers share (README, Fleet): when the
+    events waiting in all of them pass it, the outbox holding the most bytes loses its
+    oldest events first, so one flooding reader cannot evict the others' events."""
 
-    def __init__(self, max_bytes: int, max_age: float, size_setting: str) -> None:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.waiting = 0  # bytes of the events waiting (not in flight) in every member
+        self.members: set[Bounds] = set()
+
+    def make_room(self) -> None:
+        """Bring the biggest members down to one level, as low as needed to fit the bound."""
+        excess = self.waiting - self.max_bytes
+        if excess <= 0:
+            return
+        ranked = sorted(self.members, key=Bounds.waiting_bytes, reverse=True)
+        sizes = [member.waiting_bytes() for member in ranked]
+        top = cumulative = 0
+        for top, size in enumerate(sizes, 1):  # the top members, down to the next one's level
+            cumulative += size
+            following = sizes[top] if top < len(sizes) else 0
+            if cumulative - top * following >= excess:
+                break
+        level = (cumulative - excess) // top
+        for member in ranked[:top]:
+            member.drop_oldest(level)
+
+
+class Bounds:
+    """The byte and age bounds, and the counting and logging of what they drop. The bytes
+    bound is the outbox's own, or a :class:`Pool`'s that it shares with other outboxes."""
+
+    def __init__(
+        self, max_bytes: int, max_age: float, size_setting: str, pool: Pool | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
-        self._bytes = 0  # every event held, in flight or waiting
-        self._out_bytes = 0  # the events handed out, in flight
+        self._pool = pool
+        self._held = 0
+        self._in_flight = 0
         self._size_setting = size_setting
         self._throttle = Throttle(log)
+        if pool is not None:
+            pool.members.add(self)
+
+    # Every change of these two is passed on to the pool's total: it is checked at every
+    # put, and summing a thousand readers' outboxes there would cost more than the put.
+    @property
+    def _bytes(self) -> int:
+        """Bytes of every event held, in flight or waiting."""
+        return self._held
+
+    @_bytes.setter
+    def _bytes(self, value: int) -> None:
+        if self._pool is not None:
+            self._pool.waiting += value - self._held
+        self._held = value
+
+    @property
+    def _out_bytes(self) -> int:
+        """Bytes of the events handed out, in flight."""
+        return self._in_flight
+
+    @_out_bytes.setter
+    def _out_bytes(self, value: int) -> None:
+        if self._pool is not None:
+            self._pool.waiting -= value - self._in_flight
+        self._in_flight = value
 
     def held_bytes(self) -> int:
         """Bytes of the events held (payloads plus an estimate of what surrounds each)."""
         return self._bytes
 
+    def waiting_bytes(self) -> int:
+        """Bytes of the events waiting to be handed out (what the bound applies to)."""
+        return self._held - self._in_flight
+
     def _over_bound(self, target: int | None = None) -> bool:
         """The waiting events take more than ``target`` bytes (the bound by default)."""
         return self._bytes - self._out_bytes > (self.max_bytes if target is None else target)
+
+    def _make_room(self) -> None:
+        """After a put: drop the oldest waiting events while the bound is passed."""
+        if self._pool is not None:
+            self._pool.make_room()
+        elif self._over_bound():
+            self.drop_oldest(self.max_bytes)
+
+    def drop_oldest(self, target: int) -> None:
+        """Drop the oldest waiting events until at most ``target`` bytes wait."""
+        raise NotImplementedError
+
+    def _leave_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.waiting -= self.waiting_bytes()
+            self._pool.members.discard(self)
+            self._pool = None
 
     def _report_drop(self, count: int, reason: str) -> None:
         self.dropped[reason] += count
@@ -110,8 +189,8 @@ class MemoryOutbox(Bounds):
 
     durable = False
 
-    def __init__(self, max_bytes: int, max_age: float) -> None:
-        super().__init__(max_bytes, max_age, "BRIDGE_MEMORY_MAX_MB")
+    def __init__(self, max_bytes: int, max_age: float, pool: Pool | None = None) -> None:
+        super().__init__(max_bytes, max_age, "BRIDGE_MEMORY_MAX_MB", pool)
         self._queue: deque[Pending] = deque()
         self._out: set[int] = set()
         self._seq = first_seq()
@@ -122,8 +201,11 @@ class MemoryOutbox(Bounds):
             self._seq += 1
             self._queue.append(Pending(self._seq, payload, received_at))
             self._bytes += len(payload) + MEMORY_OVERHEAD
+        self._make_room()
+
+    def drop_oldest(self, target: int) -> None:
         dropped = 0
-        while self._over_bound() and self._queue:
+        while self._over_bound(target) and self._queue:
             self._bytes -= len(self._queue.popleft().payload) + MEMORY_OVERHEAD
             dropped += 1
         if dropped:
@@ -172,3 +254,4 @@ class MemoryOutbox(Bounds):
 
     def close(self) -> None:
         """Nothing to keep."""
+        self._leave_pool()

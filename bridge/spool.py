@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 HEADER = b"SQLite format 3\x00"
 AUTOCHECKPOINT_PAGES = 10_000
+CHECKPOINT_GAP = 10.0
+"""Seconds within which a second checkpoint is skipped (upkeep asks every 30 s per reader)."""
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
@@ -50,6 +53,7 @@ class Spool:
     db: sqlite3.Connection
     lock_fd: int
     checkpointer: sqlite3.Connection | None = None
+    checkpointed: float = -math.inf  # time.monotonic() of the last checkpoint
 
     @classmethod
     def open(cls, path: Path) -> Spool:
@@ -69,10 +73,24 @@ class Spool:
             raise SpoolError(f"BRIDGE_SPOOL_PATH: cannot open the spool {path}: {exc}") from None
         return cls(path, db, lock_fd)
 
+    def create_table(self, table: str) -> None:
+        """The events table ``table`` (quoted for SQL), created if it is not there yet."""
+        self.db.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} "
+            "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
+        )
+        self.db.commit()
+
     def checkpoint(self) -> None:
         """Copy committed pages from the write-ahead log into the database (PASSIVE: never
         blocks the writer), on a connection of its own, so that it may run in another
-        thread than the writer's; the only fsyncs in WAL mode with synchronous=NORMAL."""
+        thread than the writer's; the only fsyncs in WAL mode with synchronous=NORMAL.
+        The readers of a fleet share the spool: one checkpoint serves them all, so one
+        asked for within CHECKPOINT_GAP s of the last is skipped."""
+        now = time.monotonic()
+        if now - self.checkpointed < CHECKPOINT_GAP:
+            return
+        self.checkpointed = now
         if self.checkpointer is None:
             self.checkpointer = sqlite3.connect(self.path, check_same_thread=False)
             self.checkpointer.execute("PRAGMA cache_size=-256")  # KiB: it only copies pages
@@ -145,10 +163,6 @@ def _prepare(db: sqlite3.Connection) -> None:
     (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
     if verdict != "ok":
         raise _CorruptError(f"quick_check: {verdict}")
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS events "
-        "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
-    )
     db.commit()
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bridge.outbox import AGE_CHECK, Bounds, Pending, first_seq
+from bridge.outbox import AGE_CHECK, Bounds, Pending, Pool, first_seq
 from bridge.spool import Spool
 
 log = logging.getLogger("bridge.outbox")
@@ -36,10 +36,16 @@ SPOOL_ROW_OVERHEAD = 32
 """Bytes a spool row takes besides its payload (seq, time, record header), roughly."""
 
 
-@functools.lru_cache(maxsize=len(INSERT_SIZES))
-def _insert_sql(rows: int) -> str:
+@functools.lru_cache(maxsize=4 * len(INSERT_SIZES))
+def _insert_sql(table: str, rows: int) -> str:
     values = ", ".join(["(?, ?, ?)"] * rows)
-    return f"INSERT INTO events (seq, received_at, payload) VALUES {values}"  # noqa: S608
+    return f"INSERT INTO {table} (seq, received_at, payload) VALUES {values}"  # noqa: S608
+
+
+def reader_table(device_id: str) -> str:
+    """The table of one reader of a fleet in the shared spool, quoted for SQL."""
+    name = "reader:" + device_id
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _row_size(payload: bytes) -> int:
@@ -47,15 +53,31 @@ def _row_size(payload: bytes) -> int:
 
 
 class SpoolOutbox(Bounds):
-    """The outbox on disk: what the broker has not acknowledged survives a crash."""
+    """The outbox on disk: what the broker has not acknowledged survives a crash.
+
+    Given a path, it opens the spool file for itself (one reader, table ``events``). A
+    fleet's readers share one open :class:`Spool` instead, each in a table of its own
+    (:func:`reader_table`, so each reader's events keep their order and ``seq``) and one
+    :class:`Pool` for the byte bound; closing such an outbox leaves the spool open."""
 
     durable = True
 
-    def __init__(self, path: Path, max_bytes: int, max_age: float) -> None:
-        super().__init__(max_bytes, max_age, "BRIDGE_SPOOL_MAX_MB")
-        self.path = path
-        self._spool = Spool.open(path)  # locked for this process; a corrupt file moved aside
+    def __init__(
+        self,
+        spool: Path | Spool,
+        max_bytes: int,
+        max_age: float,
+        table: str = "events",
+        pool: Pool | None = None,
+    ) -> None:
+        super().__init__(max_bytes, max_age, "BRIDGE_SPOOL_MAX_MB", pool)
+        self._owns_spool = not isinstance(spool, Spool)
+        # Locked for this process; a corrupt file moved aside.
+        self._spool = Spool.open(spool) if isinstance(spool, Path) else spool
+        self.path = self._spool.path
+        self._table = table
         self._db = self._spool.db
+        self._spool.create_table(table)
         self._window: deque[Pending] = deque()
         self._staged: list[tuple[int, float, bytes]] = []  # put, not yet written
         self._window_complete = False  # every queued row is in the window
@@ -66,16 +88,14 @@ class SpoolOutbox(Bounds):
         self._cursor = 0  # highest seq handed out
         self._drop_older_than(time.time() - max_age)
         count, top, payload_bytes = self._db.execute(
-            "SELECT COUNT(*), MAX(seq), TOTAL(LENGTH(payload)) FROM events"
+            f"SELECT COUNT(*), MAX(seq), TOTAL(LENGTH(payload)) FROM {table}"  # noqa: S608
         ).fetchone()
         self._count: int = count
         self._bytes = int(payload_bytes) + count * SPOOL_ROW_OVERHEAD
         self._seq = max(first_seq(), (top or 0) + 1)
         if self._count:
-            log.info("spool %s holds %d undelivered event(s) from before", path, self._count)
-        if self._over_bound():  # the bound was lowered since they were spooled
-            self._drop_oldest_queued()
-            self._db.commit()
+            log.info("spool %s holds %d undelivered event(s) from before", self.path, self._count)
+        self._make_room()  # the bound may have been lowered since they were spooled
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None:
         """Queue events (payload, ``time.time()`` when read), in order. They are written
@@ -93,8 +113,7 @@ class SpoolOutbox(Bounds):
                 self._window.extend(Pending(seq, payload, at) for seq, at, payload in rows)
             else:
                 self._window_complete = False
-        if self._over_bound():
-            self._drop_oldest_queued()
+        self._make_room()
 
     def commit(self) -> None:
         """Write and make durable every event put so far (one transaction for a whole loop
@@ -122,7 +141,9 @@ class SpoolOutbox(Bounds):
             for size in INSERT_SIZES:
                 while len(rows) - start >= size:
                     chunk = rows[start : start + size]
-                    self._db.execute(_insert_sql(size), [value for row in chunk for value in row])
+                    self._db.execute(
+                        _insert_sql(self._table, size), [value for row in chunk for value in row]
+                    )
                     start += size
             if acked:
                 self._delete_rows(acked)
@@ -172,6 +193,9 @@ class SpoolOutbox(Bounds):
             self._report_drop(len(doomed), "size")
         return set(doomed)
 
+    def drop_oldest(self, target: int) -> None:
+        self._drop_oldest_queued(target)
+
     def _delete(self, seqs: Iterable[int]) -> None:
         self._delete_rows(seqs)
         self._db.commit()
@@ -180,16 +204,23 @@ class SpoolOutbox(Bounds):
         seqs = sorted(seqs)
         if seqs[-1] - seqs[0] + 1 == len(seqs):
             # In order, as acknowledgements and drops come: one range instead of one per row.
-            self._db.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
+            self._db.execute(
+                f"DELETE FROM {self._table} WHERE seq BETWEEN ? AND ?",  # noqa: S608
+                (seqs[0], seqs[-1]),
+            )
         else:
-            self._db.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in seqs))
+            self._db.executemany(
+                f"DELETE FROM {self._table} WHERE seq = ?",  # noqa: S608
+                ((s,) for s in seqs),
+            )
 
     def _fill_window(self) -> None:
         if self._window or self._window_complete:
             return
         self.commit()  # the query must see every row put
         rows = self._db.execute(
-            "SELECT seq, payload, received_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT seq, payload, received_at FROM {self._table} "  # noqa: S608
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
             (self._cursor, WINDOW_ROWS),
         ).fetchall()
         self._window.extend(Pending(seq, bytes(payload), at) for seq, payload, at in rows)
@@ -250,12 +281,12 @@ class SpoolOutbox(Bounds):
         floor = self._cursor if queued_only else 0
         where = "WHERE received_at < ? AND seq > ?"
         count, payload_bytes = self._db.execute(
-            f"SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM events {where}",  # noqa: S608
+            f"SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM {self._table} {where}",  # noqa: S608
             (cutoff, floor),
         ).fetchone()
         if not count:
             return 0
-        self._db.execute(f"DELETE FROM events {where}", (cutoff, floor))  # noqa: S608
+        self._db.execute(f"DELETE FROM {self._table} {where}", (cutoff, floor))  # noqa: S608
         self._db.commit()
         if queued_only:  # at start-up the totals are read afterwards
             self._count -= count
@@ -275,4 +306,6 @@ class SpoolOutbox(Bounds):
             return
         self._closed = True
         self.flush()
-        self._spool.close()
+        self._leave_pool()
+        if self._owns_spool:
+            self._spool.close()
