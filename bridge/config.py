@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ from bridge.options import (
     ReaderOptions,
     Secret,
 )
+from bridge.shard import Shard
 from bridge.tls import client_context
 from bridge.topics import Identity, Topics
 
@@ -51,6 +53,7 @@ __all__ = [
     "Secret",
     "Settings",
     "default_state_dir",
+    "describe_error",
     "env_names",
     "load_run_settings",
     "load_settings",
@@ -214,6 +217,17 @@ class Settings(BaseSettings):
         description="address the HTTP listener binds to; 0.0.0.0 = reachable from other hosts",
     )
 
+    readers_file: Path | None = Field(
+        None,
+        description="TOML file listing the readers of a fleet, served by one process "
+        "(README, Fleet); unset = one reader, BRIDGE_READER_HOST",
+    )
+    shard: str | None = Field(
+        None,
+        description="K/N: with BRIDGE_READERS_FILE, serve only the readers of shard K of N "
+        "(CRC32 of the device id); unset = all",
+    )
+
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: LogFormat = Field(
         "text", description="text (human-readable) or json (one object per line)"
@@ -261,11 +275,20 @@ class Settings(BaseSettings):
                 raise ExplainedError(problem)
         return value
 
-    @field_validator("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @field_validator(
+        "mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "readers_file"
+    )
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError("must name a readable file")
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        if value is not None:
+            Shard.parse(value)  # its ValueError says what is expected
         return value
 
     @field_validator("command_fields")
@@ -453,9 +476,20 @@ class Settings(BaseSettings):
 
 
 class RunSettings(Settings):
-    """The settings of ``run``: the reader host is required, and reported with the rest."""
+    """The settings of ``run``: the reader host (or, for a fleet, the readers file) is
+    required, and reported with the rest."""
 
-    reader_host: str = Field(min_length=1, description="reader IP address or host name")
+    @field_validator("readers_file")
+    @classmethod
+    def _reader_or_fleet(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # reader_host is validated first (declared first): absent from info.data if it
+        # failed, which is reported already.
+        if value is None and "reader_host" in info.data and not info.data["reader_host"]:
+            raise ExplainedError(
+                "BRIDGE_READER_HOST: required, and not set: the reader's IP address or host "
+                "name (or BRIDGE_READERS_FILE, to bridge a fleet of readers)"
+            )
+        return value
 
 
 def default_state_dir() -> Path:
@@ -483,12 +517,14 @@ def _load(
     try:
         return kind(_env_file=env_file, **given)  # type: ignore[call-arg,arg-type]
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+        raise ConfigError([describe_error(error) for error in exc.errors()]) from None
 
 
-def _describe(error: ErrorDetails) -> str:
+def describe_error(error: ErrorDetails, file_keys: Collection[str] = ()) -> str:
+    """One line for one of pydantic's errors, naming the variable (or, for a value from a
+    fleet's readers file, its key there: ``file_keys``)."""
     name = str(error["loc"][0]) if error["loc"] else "?"
-    variable = ENV_PREFIX + name.upper()
+    variable = name if name in file_keys else ENV_PREFIX + name.upper()
     if error["type"] == "missing":  # its "input" is every other setting: never print it
         return f"{variable}: required, and not set"
     message = error["msg"].removeprefix("Value error, ")

@@ -7,7 +7,7 @@ I/O happens here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +107,11 @@ class OutboxOptions:
     spool_path: Path | None  # None: held in memory only
     max_bytes: int  # what the spool (or, without one, memory) holds at most
     max_age: float  # seconds an undelivered event is kept at most
+    shared: bool = False  # a fleet's: one spool file (or memory bound) for every reader
+
+    def for_fleet(self, spool_path: Path | None) -> OutboxOptions:
+        """The same bounds, shared by the readers of a fleet, in ``spool_path``."""
+        return replace(self, spool_path=spool_path, shared=True)
 
 
 @dataclass(frozen=True)
@@ -124,3 +129,20 @@ class BridgeOptions:
     live_max_age: float | None  # None: no bridge/live topic; else its age limit, seconds
     log_level: LogLevel
     log_format: LogFormat
+
+    def with_outbox(self, outbox: OutboxOptions) -> BridgeOptions:
+        return replace(self, outbox=outbox)
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """A fleet (README, Fleet): its readers (those of this process's shard) and what they share;
+    built by ``bridge.fleet_file``."""
+
+    readers: tuple[BridgeOptions, ...]
+    outbox: OutboxOptions  # shared: one spool file (or memory bound) for every reader
+    http: HttpOptions | None
+    log_level: LogLevel
+    log_format: LogFormat
+    source: Path  # the readers file
+    shard: str | None  # "K/N", or None: every reader of the file

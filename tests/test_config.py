@@ -386,7 +386,7 @@ def test_unknown_names_in_environment_and_file_get_a_hint_each(tmp_path: Path):
     environ = {
         "BRIDGE_READER_KEEPALIVEE": "10",
         "bridge_reader_host": "10.0.0.1",  # pydantic-settings reads names in any case
-        "BRIDGE_ZZZ": "1",
+        "BRIDGE_ZZZZZZZZZZZZ": "1",
         "PATH": "/bin",
     }
     lines = unknown_variables(environ, env_file)
@@ -394,7 +394,7 @@ def test_unknown_names_in_environment_and_file_get_a_hint_each(tmp_path: Path):
     keepalive, zzz, outbox = lines
     assert keepalive.startswith("BRIDGE_READER_KEEPALIVEE (in the environment)")
     assert keepalive.endswith("did you mean BRIDGE_READER_KEEPALIVE?")
-    assert zzz.startswith("BRIDGE_ZZZ (in the environment) is ignored")
+    assert zzz.startswith("BRIDGE_ZZZZZZZZZZZZ (in the environment) is ignored")
     assert "did you mean" not in zzz
     assert outbox.startswith(f"BRIDGE_OUTBOX_SIZE (in {env_file})")
     assert "BRIDGE_SPOOL_MAX_MB" in outbox
