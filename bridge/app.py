@@ -13,14 +13,15 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from bridge import logs
 from bridge.delivery import Delivery
+from bridge.fleet import Fleet
 from bridge.loops import fatal_exception_handler
 from bridge.mqtt import MqttLink, Sweep
-from bridge.options import BridgeOptions
+from bridge.options import BridgeOptions, FleetOptions
 from bridge.reader import ReaderLink
 from bridge.session import Session
 from bridge.worker import CommandWorker
@@ -38,16 +39,25 @@ class HasBridgeOptions(Protocol):
 
 
 class App:
-    """One reader's session and what the process serves around it. Build it in the running
-    loop (a bad spool or HTTP port raises ``ConfigError`` from :meth:`start`)."""
+    """The readers' sessions - one from the environment, or a fleet's - and what the process
+    serves around them. Build it in the running loop (a bad spool or HTTP port raises
+    ``ConfigError`` from :meth:`start`)."""
 
-    def __init__(self, options: BridgeOptions, on_fatal: Callable[[str], None]) -> None:
+    def __init__(self, options: BridgeOptions | FleetOptions, on_fatal: Callable[[str], None]):
         self.options = options
         self._on_fatal = on_fatal
         self.sweep = Sweep()
         self.sweep.on_sweep.append(logs.flush_throttles)  # repeated warnings' summaries
-        self.session: Session | None = None
+        self.fleet: Fleet | None = None
         self.http: HealthServer | None = None
+
+    @property
+    def is_fleet(self) -> bool:
+        return isinstance(self.options, FleetOptions)
+
+    def readers(self) -> list[BridgeOptions]:
+        options = self.options
+        return list(options.readers) if isinstance(options, FleetOptions) else [options]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,25 +67,64 @@ class App:
 
             self.http = HealthServer(self.options.http, self)
             await self.http.start()  # first: a port already in use stops us before anything
-        self.session = Session(self.options, self.sweep, self._on_fatal)
-        self.session.start()
+        shared = self.options.outbox if isinstance(self.options, FleetOptions) else None
+        self.fleet = Fleet(self.sweep, self._on_fatal, shared, isolate=self.is_fleet)
+        self.sweep.on_sweep.append(self.fleet.settle)
+        await self.fleet.apply(self.readers())
+
+    async def reload(self, options: FleetOptions) -> None:
+        """Serve ``options``' readers now (SIGHUP): only the readers that changed restart.
+        The shared settings (spool, HTTP, logs) keep their values until a restart."""
+        assert self.fleet is not None, "started first"
+        self.options = replace(options, outbox=self.fleet.shared_options or options.outbox)
+        await self.fleet.apply(self.readers())
 
     async def stop(self, timeout: float = 3.0) -> None:
         if self.http is not None:
             await self.http.stop()
-        if self.session is not None:
-            await self.session.stop(timeout)
+        if self.fleet is not None:
+            await self.fleet.stop(timeout)
 
     def abort(self) -> None:
-        if self.session is not None:
-            self.session.abort()
+        if self.fleet is not None:
+            self.fleet.abort()
+
+    @property
+    def session(self) -> Session | None:
+        """The one reader's session (one reader from the environment)."""
+        if self.fleet is None or self.is_fleet:
+            return None
+        return next(iter(self.fleet.sessions.values()), None)
+
+    # -- what the health listener reads (bridge.health.Observed) -----------------------------
 
     def dead_loops(self) -> list[str]:
-        return ["session"] if self.session is None else self.session.dead_loops()
+        """The parts whose death makes the process unhealthy: with one reader, any of its
+        parts; in a fleet, a reader's death restarts it alone (:meth:`restarting`)."""
+        if self.fleet is None:
+            return ["session"]
+        if self.is_fleet:
+            return []
+        return [part for parts in self.fleet.dead_parts().values() for part in parts]
+
+    def restarting(self) -> list[str]:
+        if self.fleet is None or not self.is_fleet:
+            return []
+        dead = self.fleet.dead_parts()
+        return [f"{device} ({', '.join(parts)})" for device, parts in sorted(dead.items())]
+
+    def snapshots(self) -> dict[str, Snapshot]:
+        assert self.fleet is not None, "started first"
+        restarts = self.fleet.restarts
+        return {
+            device: replace(session.snapshot(), restarts=restarts.get(device, 0))
+            for device, session in self.fleet.sessions.items()
+        }
 
     def snapshot(self) -> Snapshot:
-        assert self.session is not None, "started first"
-        return self.session.snapshot()
+        """The one reader's snapshot (one reader from the environment)."""
+        (state,) = self.snapshots().values()
+        return state
 
 
 class Bridge:
@@ -149,8 +198,9 @@ class Bridge:
 
     @property
     def session(self) -> Session:
-        assert self._app.session is not None, "start() first"
-        return self._app.session
+        session = self._app.session
+        assert session is not None, "start() first"
+        return session
 
     @property
     def reader(self) -> ReaderLink:

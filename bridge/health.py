@@ -1,8 +1,11 @@
 """Answers health probes and Prometheus scrapes over HTTP; it only reads the bridge's state.
 
-``/healthz``: 200 while every loop of the bridge runs, else 503 naming the stopped ones.
+``/healthz``: 200 while every loop of the bridge runs, else 503 naming the stopped ones (a
+fleet's reader that died and restarts alone is named, with 200: README, Fleet: isolation).
 ``/readyz``: 200 while the broker session and the reader link are both up, else 503 saying
-which is down. ``/metrics``: the Prometheus text format (OpenMetrics when the scraper asks),
+which is down; a fleet's: while every reader's broker session is up (``fleet_readiness``), and
+``/readyz?device_id=...`` is one reader's. ``/metrics``: the Prometheus text format
+(OpenMetrics when the scraper asks), every per-reader sample labelled ``device_id``,
 built at scrape time from the counters the bridge keeps anyway, so nothing is counted twice
 in the hot path. Any other path: 404.
 
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -63,89 +66,117 @@ class Snapshot:
     reader_connects: int
     broker_connects: int
     last_event_age: float | None  # seconds since the last frame; None before the first
+    restarts: int = 0  # restarts of a fleet's reader after a failure
 
 
 class Observed(Protocol):
-    """What the listener reads; :class:`bridge.app.Bridge` is one."""
+    """What the listener reads; :class:`bridge.app.App` is one."""
 
     def dead_loops(self) -> list[str]:
-        """Names of the bridge's parts that are not running."""
+        """Names of the parts that are not running and make the process unhealthy."""
         ...
 
-    def snapshot(self) -> Snapshot: ...
+    def restarting(self) -> list[str]:
+        """Readers of a fleet waiting for their restart, each with what died."""
+        ...
+
+    def snapshots(self) -> dict[str, Snapshot]:
+        """One snapshot per reader, by device id."""
+        ...
+
+    @property
+    def is_fleet(self) -> bool:
+        """Readers from a readers file (README, Fleet), not one from the environment."""
+        ...
 
 
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, documentation, value=value)
+Snapshots = dict[str, Snapshot]
+DEVICE = "device_id"
+MAX_LISTED = 20
+"""Readers named at most in a /readyz answer (a fleet may have a thousand down)."""
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, documentation, value=value)
+Kind = type[CounterMetricFamily] | type[GaugeMetricFamily]
+COUNTER, GAUGE = CounterMetricFamily, GaugeMetricFamily
+DROPPED_HELP = (
+    "events dropped undelivered: size = the outbox's byte bound was reached, "
+    "age = older than BRIDGE_OUTBOX_MAX_AGE"
+)
+COMMANDS_HELP = (
+    "commands from MQTT: ok = sent to the reader, refused = invalid or rate-limited, "
+    "expired = not sent in time"
+)
+PER_READER: tuple[tuple[Kind, str, str, Callable[[Snapshot], float | None]], ...] = (
+    (COUNTER, "events_received", "events read from the reader", lambda s: s.received),
+    (COUNTER, "events_published", "events acknowledged by the broker", lambda s: s.published),
+    (COUNTER, "events_rejected", "events the broker refused (ACL?)", lambda s: s.rejected),
+    (COUNTER, "parse_errors", "stretches of reader bytes skipped", lambda s: s.parse_errors),
+    (GAUGE, "events_buffered", "events waiting for the broker's ack", lambda s: s.buffered),
+    (GAUGE, "spool_depth", "events held in the spool file (0 without one)", lambda s: s.spooled),
+    (GAUGE, "outbox_bytes", "bytes of the events held for the broker", lambda s: s.held_bytes),
+    (
+        GAUGE,
+        "last_event_age_seconds",
+        "seconds since the last event (none before the first)",
+        lambda s: s.last_event_age,
+    ),
+    (COUNTER, "reader_restarts", "restarts of the reader after a failure", lambda s: s.restarts),
+)
+"""Each metric with one sample per reader: kind, name, help, value (None: no sample)."""
+LABELLED: tuple[tuple[Kind, str, str, str, Callable[[Snapshot], dict[str, float]]], ...] = (
+    (COUNTER, "events_dropped", DROPPED_HELP, "reason", lambda s: dict(s.dropped)),
+    (
+        GAUGE,
+        "link_up",
+        "1 while the link is up",
+        "link",
+        lambda s: {"reader": s.reader_up, "broker": s.broker_connected},
+    ),
+    (
+        COUNTER,
+        "connections",
+        "connections made, the first one included",
+        "link",
+        lambda s: {"reader": s.reader_connects, "broker": s.broker_connects},
+    ),
+    (
+        COUNTER,
+        "commands",
+        COMMANDS_HELP,
+        "result",
+        lambda s: {
+            "ok": s.commands_ok,
+            "refused": s.commands_refused,
+            "expired": s.commands_expired,
+        },
+    ),
+)
+"""Each metric with several samples per reader: kind, name, help, label, values by label."""
 
 
 class BridgeCollector(Collector):
-    """Turns one :class:`Snapshot` per scrape into metric families."""
+    """Turns the readers' snapshots of one scrape into metric families, every sample
+    labelled with its reader's ``device_id`` (one reader or a fleet alike)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self._snapshot = snapshot
+    def __init__(self, snapshots: Callable[[], Snapshots]) -> None:
+        self._snapshots = snapshots
 
     def collect(self) -> Iterator[Metric]:
-        state = self._snapshot()
+        states = self._snapshots()
         yield InfoMetricFamily(PREFIX + "build", "version of the bridge", {"version": __version__})
-        yield from _event_metrics(state)
-        yield from _link_metrics(state)
-        yield from _command_metrics(state)
-
-
-def _event_metrics(state: Snapshot) -> Iterator[Metric]:
-    yield _counter("events_received", "events read from the reader", state.received)
-    yield _counter("events_published", "events acknowledged by the broker", state.published)
-    yield _counter("events_rejected", "events the broker refused (ACL?)", state.rejected)
-    dropped = CounterMetricFamily(
-        PREFIX + "events_dropped",
-        "events dropped undelivered: size = the outbox's byte bound was reached, age = older "
-        "than BRIDGE_OUTBOX_MAX_AGE",
-        labels=["reason"],
-    )
-    for reason, count in sorted(state.dropped.items()):
-        dropped.add_metric([reason], count)
-    yield dropped
-    yield _counter("parse_errors", "stretches of reader bytes skipped", state.parse_errors)
-    yield _gauge("events_buffered", "events waiting for the broker's ack", state.buffered)
-    yield _gauge("spool_depth", "events held in the spool file (0 without one)", state.spooled)
-    yield _gauge("outbox_bytes", "bytes of the events held for the broker", state.held_bytes)
-    age = GaugeMetricFamily(
-        PREFIX + "last_event_age_seconds", "seconds since the last event (none before the first)"
-    )
-    if state.last_event_age is not None:
-        age.add_metric([], state.last_event_age)
-    yield age
-
-
-def _link_metrics(state: Snapshot) -> Iterator[Metric]:
-    up = GaugeMetricFamily(PREFIX + "link_up", "1 while the link is up", labels=["link"])
-    up.add_metric(["reader"], float(state.reader_up))
-    up.add_metric(["broker"], float(state.broker_connected))
-    yield up
-    connects = CounterMetricFamily(
-        PREFIX + "connections", "connections made, the first one included", labels=["link"]
-    )
-    connects.add_metric(["reader"], state.reader_connects)
-    connects.add_metric(["broker"], state.broker_connects)
-    yield connects
-
-
-def _command_metrics(state: Snapshot) -> Iterator[Metric]:
-    commands = CounterMetricFamily(
-        PREFIX + "commands",
-        "commands from MQTT: ok = sent to the reader, refused = invalid or rate-limited, "
-        "expired = not sent in time",
-        labels=["result"],
-    )
-    commands.add_metric(["ok"], state.commands_ok)
-    commands.add_metric(["refused"], state.commands_refused)
-    commands.add_metric(["expired"], state.commands_expired)
-    yield commands
+        for kind, name, documentation, value in PER_READER:
+            family = kind(PREFIX + name, documentation, labels=[DEVICE])
+            for device, state in states.items():
+                sample = value(state)
+                if sample is not None:
+                    family.add_metric([device], sample)
+            yield family
+        for kind, name, documentation, label, values in LABELLED:
+            family = kind(PREFIX + name, documentation, labels=[DEVICE, label])
+            for device, state in states.items():
+                for key, sample in sorted(values(state).items()):
+                    family.add_metric([device, key], float(sample))
+            yield family
 
 
 def readiness(state: Snapshot) -> str | None:
@@ -158,6 +189,22 @@ def readiness(state: Snapshot) -> str | None:
     return "; ".join(down) or None
 
 
+def fleet_readiness(states: Snapshots, fleet: bool) -> str | None:
+    """``None`` when ready, else what is not, in words. One reader is ready when both its
+    links are up. A fleet is ready when every reader's broker session is up: a door reader
+    that is unplugged must not take the whole process out of service (a Kubernetes pod
+    that is not ready stalls rollouts and node drains); its link is in /metrics and in
+    ``/readyz?device_id=...``. The first MAX_LISTED readers that are not ready are named."""
+    if not fleet:
+        (state,) = states.values()
+        return readiness(state)
+    down = [device for device, state in states.items() if not state.broker_connected]
+    listed = ", ".join(down[:MAX_LISTED]) + (" ..." if len(down) > MAX_LISTED else "")
+    if down:
+        return f"{len(down)} of {len(states)} readers have no broker session: {listed}"
+    return None
+
+
 class HealthServer:
     """The listener, on the event loop: :meth:`start` binds (a port that cannot be bound is a
     :class:`ConfigError`), :meth:`stop` closes. One short request per connection."""
@@ -166,7 +213,7 @@ class HealthServer:
         self.options = options
         self._observed = observed
         self._registry = CollectorRegistry()  # our own: nothing of the process-wide default
-        self._registry.register(BridgeCollector(observed.snapshot))
+        self._registry.register(BridgeCollector(observed.snapshots))
         self._server: asyncio.Server | None = None
 
     @property
@@ -222,13 +269,9 @@ class HealthServer:
         try:
             path = urlsplit(target).path
             if path == "/healthz":
-                dead = self._observed.dead_loops()
-                if dead:
-                    return 503, f"dead: stopped loop(s): {', '.join(dead)}", TEXT
-                return 200, "alive", TEXT
+                return self._health()
             if path == "/readyz":
-                down = readiness(self._observed.snapshot())
-                return (503, f"not ready: {down}", TEXT) if down else (200, "ready", TEXT)
+                return self._readiness(urlsplit(target).query)
             if path == "/metrics":
                 encode, content_type = choose_encoder(accept)
                 return 200, encode(self._registry), content_type
@@ -236,6 +279,28 @@ class HealthServer:
             log.exception("health request %s failed", target)
             return 500, "internal error, see the bridge's log", TEXT
         return 404, "not found: try /healthz, /readyz or /metrics", TEXT
+
+    def _readiness(self, query: str) -> tuple[int, str, str]:
+        states = self._observed.snapshots()
+        device = parse_qs(query).get("device_id", [None])[0]
+        if device is not None:
+            if device not in states:
+                return 404, f"no reader {device!r} here", TEXT
+            down = readiness(states[device])
+        else:
+            down = fleet_readiness(states, self._observed.is_fleet)
+        return (503, f"not ready: {down}", TEXT) if down else (200, "ready", TEXT)
+
+    def _health(self) -> tuple[int, str, str]:
+        """503 when a part that the process needs died; a fleet's reader that died and
+        restarts alone is named, but the process stays alive (README, Fleet: isolation)."""
+        dead = self._observed.dead_loops()
+        if dead:
+            return 503, f"dead: stopped loop(s): {', '.join(dead)}", TEXT
+        restarting = self._observed.restarting()
+        if restarting:
+            return 200, f"alive; restarting after a failure: {'; '.join(restarting)}", TEXT
+        return 200, "alive", TEXT
 
 
 _BAD = (400, "bad request", TEXT)

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -43,9 +44,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+DEVICE: ContextVar[str | None] = ContextVar("device_id", default=None)
+"""The reader whose work is running: a fleet starts each reader's session in a context
+where it is set, and asyncio hands that context on to every task, timer and socket callback
+the session creates, so its log lines name it without passing it around."""
+
+
 class DeviceFilter(logging.Filter):
-    """Gives every record a ``device_id`` (the one the call passed in ``extra``, else the
-    process's own), so a JSON line can always be told apart in a log of many bridges."""
+    """Gives every record a ``device_id``: the one the call passed in ``extra``, else the
+    reader whose work is running (:data:`DEVICE`), else the process's own - so a line can
+    always be told apart in a log of many bridges, or of a fleet."""
 
     def __init__(self, device_id: str) -> None:
         super().__init__()
@@ -53,16 +61,23 @@ class DeviceFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "device_id"):
-            record.device_id = self.device_id
+            record.device_id = DEVICE.get() or self.device_id
         return True
 
 
-def configure(level: str, fmt: str, device_id: str | None = None) -> None:
+def configure(level: str, fmt: str, device_id: str | None = None, fleet: bool = False) -> None:
+    """Log to stderr as ``fmt`` says. A fleet's text lines name the reader (``[door-1]``, or
+    ``[fleet]`` for the process's own lines); JSON lines always carry ``device_id``."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
         if device_id is not None:
             handler.addFilter(DeviceFilter(device_id))
+    elif fleet:
+        handler.addFilter(DeviceFilter("fleet"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(device_id)s]: %(message)s")
+        )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
+from collections.abc import Callable
 
 import setproctitle
 
 from bridge.app import App
-from bridge.options import BridgeOptions, ConfigError
+from bridge.options import BridgeOptions, ConfigError, FleetOptions
 
 log = logging.getLogger("bridge")
 
@@ -33,16 +35,25 @@ def print_problems(error: ConfigError) -> None:
         print(f"springcore-bridge: {line}", file=sys.stderr)
 
 
-def serve(options: BridgeOptions) -> int:
+Reload = Callable[[], FleetOptions]
+"""Reads the readers file again (SIGHUP); ``ConfigError`` if it is bad."""
+
+
+def serve(options: BridgeOptions | FleetOptions, reload: Reload | None = None) -> int:
     """Run the bridge until SIGTERM or SIGINT, then stop it (offline published, sockets
-    closed): 0. If one of its parts dies first: EXIT_FATAL, without a goodbye to the broker,
-    whose last will then says ``offline,dead``. A spool or HTTP port that cannot be used
-    raises :class:`ConfigError` before anything runs."""
-    name_process(options.topics.device_id)
-    return asyncio.run(_serve(options))
+    closed): 0. If a part it cannot do without dies first: EXIT_FATAL, without a goodbye to
+    the broker, whose last will then says ``offline,dead``. A spool or HTTP port that cannot
+    be used raises :class:`ConfigError` before anything runs. A fleet (``reload`` given)
+    re-reads its file on SIGHUP."""
+    if isinstance(options, FleetOptions):
+        name_process(f"fleet {options.source}" + (f" {options.shard}" if options.shard else ""))
+        raise_file_limit(len(options.readers))
+    else:
+        name_process(options.topics.device_id)
+    return asyncio.run(_serve(options, reload))
 
 
-async def _serve(options: BridgeOptions) -> int:
+async def _serve(options: BridgeOptions | FleetOptions, reload: Reload | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     failed: list[str] = []
@@ -59,6 +70,9 @@ async def _serve(options: BridgeOptions) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     app = App(options, on_fatal)
     await app.start()
+    if reload is not None:
+        reloads = Reloads(app, reload)
+        loop.add_signal_handler(signal.SIGHUP, reloads.request)
     await stop.wait()
     if failed:
         log.critical(
@@ -73,10 +87,82 @@ async def _serve(options: BridgeOptions) -> int:
     return 0
 
 
-def name_process(device_id: str) -> None:
-    """``ps`` and ``pgrep -f`` show ``springcore-bridge <device id>``, not the interpreter's
-    command line (the kernel's short name becomes "springcore-brid")."""
-    setproctitle.setproctitle(f"springcore-bridge {device_id}")
+def name_process(what: str) -> None:
+    """``ps`` and ``pgrep -f`` show ``springcore-bridge <device id>`` (or ``fleet <file>``),
+    not the interpreter's command line (the kernel's short name becomes "springcore-brid")."""
+    setproctitle.setproctitle(f"springcore-bridge {what}")
+
+
+class Reloads:
+    """SIGHUP: read the readers file again and apply it, one reload at a time (a signal
+    that comes during one is served by another right after). A bad file is logged and the
+    running readers are kept (README, Fleet)."""
+
+    def __init__(self, app: App, reload: Reload) -> None:
+        self._app = app
+        self._reload = reload
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        log.info("received SIGHUP: reading the readers file again")
+        if self._task is not None:
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="reload")
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self._once()
+                if not self._again:
+                    return
+        finally:
+            self._task = None
+
+    async def _once(self) -> None:
+        try:
+            options = self._reload()
+        except ConfigError as error:
+            for line in error.lines:
+                log.error("reload: %s", line)
+            log.error("reload: the file has problems; the running readers are kept as they are")
+            return
+        except Exception:  # a bug must not take the running fleet down with it
+            log.exception("reload failed; the running readers are kept as they are")
+            return
+        await self._app.reload(options)
+
+
+FDS_PER_READER = 3
+"""Open files a fleet's reader takes: its reader socket, its broker socket, and one spare
+(a reconnection opens the new socket before the old one is gone)."""
+FDS_BASE = 64
+"""Open files the process takes besides its readers (spool, HTTP, executor, logs)."""
+
+
+def raise_file_limit(readers: int) -> int:
+    """Raise the soft open-file limit as far as the hard one allows; log how many readers it
+    admits (and an ERROR if that is fewer than the fleet has). The readers admitted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    admitted = max(0, (soft - FDS_BASE) // FDS_PER_READER)
+    log.info("open-file limit %d: room for about %d readers (%d here)", soft, admitted, readers)
+    if admitted < readers:
+        log.error(
+            "the open-file limit %d is too low for %d readers: raise it (ulimit -n, "
+            "LimitNOFILE= in systemd, --ulimit nofile= in Docker) or split the fleet "
+            "(BRIDGE_SHARD)",
+            soft,
+            readers,
+        )
+    return admitted
 
 
 def hold_stop_signals() -> None:

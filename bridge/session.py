@@ -86,14 +86,19 @@ def open_outbox(options: OutboxOptions) -> Outbox:
 class Session:
     """One reader, bridged. Build it in the running loop; :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, options: BridgeOptions, sweep: Sweep, on_fatal: Fatal) -> None:
+    def __init__(
+        self, options: BridgeOptions, sweep: Sweep, on_fatal: Fatal, outbox: Outbox | None = None
+    ) -> None:
+        """``outbox``: a fleet's reader gets one in the fleet's shared spool; else the
+        session opens its own (``ConfigError`` if the spool cannot be used)."""
         self.options = options
         self.topics = options.topics
         self._on_fatal = on_fatal
         self.dead: list[str] = []  # parts that died (named in /healthz)
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self.delivery = Delivery(open_outbox(options.outbox), options.topics.event)
+        outbox = open_outbox(options.outbox) if outbox is None else outbox
+        self.delivery = Delivery(outbox, options.topics.event)
         self.reader = ReaderLink(options.reader, EventPath(self))
         self.commands = CommandWorker(options.commands, self.reader, self, self.topics.command)
         self.mqtt = MqttLink(

@@ -59,15 +59,29 @@ get = http_get
 
 
 def scrape(port: int) -> dict[str, float]:
-    """Every sample of /metrics, keyed ``name{label="value",...}`` (or ``name``)."""
+    """Every sample of /metrics of a one-reader bridge, keyed ``name{label="value",...}``
+    (or ``name``), without the ``device_id`` label that every per-reader sample carries
+    (one value for all of them: test_metrics_are_labelled_with_the_device_id checks it)."""
+    samples: dict[str, float] = {}
+    devices = set()
+    for (name, labels), value in scrape_labelled(port).items():
+        rest = {key: label for key, label in labels if key != "device_id"}
+        devices |= {label for key, label in labels if key == "device_id"}
+        text = ",".join(f'{key}="{label}"' for key, label in sorted(rest.items()))
+        samples[f"{name}{{{text}}}" if text else name] = value
+    assert len(devices) <= 1, devices
+    return samples
+
+
+def scrape_labelled(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, keyed by name and sorted labels."""
     status, text = get(port, "/metrics")
     assert status == 200, text
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def wait_metric(port: int, key: str, value: float, timeout: float = 10.0) -> None:
@@ -251,6 +265,20 @@ def test_metrics_use_the_prometheus_names_and_types(
     assert "# TYPE springcore_bridge_events_received_total counter" in text
     assert families["springcore_bridge_link_up"] == "gauge"
     assert families["springcore_bridge_events_buffered"] == "gauge"
+
+
+def test_metrics_are_labelled_with_the_device_id(
+    listening: Callable[..., tuple[Bridge, int]],
+) -> None:
+    """One reader or a fleet, every per-reader sample names its reader (README, Fleet)."""
+    bridge, port = listening()
+    samples = scrape_labelled(port)
+    unlabelled = {name for name, labels in samples if "device_id" not in dict(labels)}
+    assert unlabelled == {"springcore_bridge_build_info"}
+    devices = {dict(labels)["device_id"] for name, labels in samples if name not in unlabelled}
+    assert devices == {bridge.topics.device_id}
+    restarts = ("springcore_bridge_reader_restarts_total", (("device_id", devices.pop()),))
+    assert samples[restarts] == 0
 
 
 # -- the `health` subcommand -------------------------------------------------------------------

@@ -17,6 +17,7 @@ events: ``MqttLink`` sets the client's callbacks and decides what is published.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import ssl
@@ -81,6 +82,9 @@ class Driver:
         self._on_fatal = on_fatal
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        # The context of the session that made us (a fleet's reader's, bridge.logs.DEVICE):
+        # what paho calls from the executor carries it back into the loop.
+        self._context = contextvars.copy_context()
         self._fd: int | None = None  # the socket registered with the loop
         self._writing = False  # paho has bytes to write
         self._writer_added = False  # the socket is among the loop's writers
@@ -152,8 +156,8 @@ class Driver:
         def callback(client: object, userdata: object, sock: socket.socket) -> None:
             if threading.get_ident() == self._loop_thread:
                 handler(sock)
-            else:  # paho's connect, in the executor
-                self._loop.call_soon_threadsafe(handler, sock)
+            else:  # paho's connect, in the executor: back in the loop, in our own context
+                self._loop.call_soon_threadsafe(handler, sock, context=self._context)
 
         return callback
 
