@@ -4,7 +4,9 @@
 Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passed check, 1 for a failed check,
 2 for bad settings or usage.
 
-``run`` checks the settings here, then runs the bridge in this process (``bridge.runner``).
+``run`` checks the settings here, then runs the bridge in this process (``bridge.runner``):
+one reader, or with BRIDGE_READERS_FILE a fleet (``bridge.fleet_file``), reloaded on SIGHUP.
+``simulate`` lives in ``bridge.console``.
 Exit status 70 means a part of the bridge died: its supervisor restarts it.
 """
 
@@ -12,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import threading
-import typing
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from pydantic.fields import FieldInfo
@@ -31,11 +32,11 @@ from bridge.config import (
     load_run_settings,
     load_settings,
 )
-from bridge.console import HINT, InputError, act
+from bridge.console import run_simulator
 from bridge.environment import env_file_to_read, unknown_variables
-from bridge.options import LogLevel
-from bridge.runner import hold_stop_signals, print_problems, serve, wait_stop_signal
-from bridge.simulator import PROFILES, SEPARATORS, Simulator, describe_listen_error
+from bridge.options import BridgeOptions, OutboxOptions
+from bridge.runner import print_problems, serve
+from bridge.simulator import PROFILES, SEPARATORS, Simulator
 
 log = logging.getLogger("bridge")
 
@@ -112,10 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready", action="store_true", help="ask /readyz (broker and reader connected) instead"
     )
     _add_setting_flags(health)
-    # --port, --interval and --log-level are checked by run_simulator: one line, no usage.
+    # --port, --interval, --readers, --rate and --log-level are checked by run_simulator: one
+    # line, no usage.
     sim = sub.add_parser("simulate", help="run a SpringCore reader simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sim.add_argument("--port", default="4000", help="TCP port, 0 = any free one (default 4000)")
+    sim.add_argument(
+        "--readers",
+        default="1",
+        help="simulate N readers in one process, on ports P ... P+N-1 (--port 0: any free ones); "
+        "--interval, --moves and typed lines are for one reader (default 1)",
+    )
+    sim.add_argument(
+        "--rate",
+        default=None,
+        help="events per second per reader with --readers 2 or more (default 1); 0 = none",
+    )
     sim.add_argument("--interval", default="5", help="seconds between events (default 5); 0 = off")
     sim.add_argument("--profile", choices=[*PROFILES, "mixed"], default="mixed")
     sim.add_argument("--moves", action="store_true", help="send Insert/Remove pairs")
@@ -157,9 +170,20 @@ def _warn_unknown(env_file: Path | None) -> None:
 
 def run_bridge(args: argparse.Namespace) -> int:
     """Check the settings (exit 2 if bad), then run the bridge until a stop signal."""
-    if not args.simulate:
-        return serve(_settings(args).bridge_options())
-    return _run_demo(args)
+    if args.simulate:
+        return _run_demo(args)
+    settings = _settings(args)
+    if settings.readers_file is None:
+        return serve(settings.bridge_options())
+    from bridge.fleet_file import fleet_options  # noqa: PLC0415 - a fleet's only
+
+    fleet = fleet_options(settings)
+    logs.configure(settings.log_level, settings.log_format, "fleet", fleet=True)
+    shard = f", shard {fleet.shard}" if fleet.shard else ""
+    log.info(
+        "fleet %s: %d reader(s) here%s", fleet.source, len(fleet.readers), shard or " (no shard)"
+    )
+    return serve(fleet, lambda: fleet_options(settings))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -212,12 +236,13 @@ def run_check(args: argparse.Namespace) -> int:
     )
 
     settings = _settings(args)
-    settings.check_run()
+    readers, outbox = _checked_readers(settings)
     http = settings.http()
+    brokers = {(options.mqtt.username, options.mqtt.password): options for options in readers}
     probes: list[Callable[[], CheckResult]] = [
-        lambda: check_reader(settings.reader()),
-        lambda: check_broker(settings.mqtt()),
-        lambda: check_spool_path(settings.outbox()),
+        *(partial(check_reader, options.reader) for options in readers),
+        *(partial(check_broker, options.mqtt) for options in brokers.values()),
+        lambda: check_spool_path(outbox),
         *([lambda: check_listener(http)] if http else []),
     ]
     failed = 0
@@ -226,6 +251,17 @@ def run_check(args: argparse.Namespace) -> int:
         print(result.line(), flush=True)  # one by one: the reader and broker take a while
         failed += not result.ok
     return 1 if failed else 0
+
+
+def _checked_readers(settings: Settings) -> tuple[list[BridgeOptions], OutboxOptions]:
+    """The readers to check - one, or a fleet's (this shard's) - and their spool; the
+    ConfigError of bad settings or a bad readers file."""
+    if settings.readers_file is None:
+        return [settings.bridge_options()], settings.outbox()
+    from bridge.fleet_file import fleet_options  # noqa: PLC0415 - a fleet's only
+
+    fleet = fleet_options(settings)
+    return list(fleet.readers), fleet.outbox
 
 
 def run_health(args: argparse.Namespace) -> int:
@@ -258,68 +294,6 @@ def _demo_overrides(args: argparse.Namespace, simulator: Simulator) -> dict[str,
         "reader_port": simulator.port,
         "device_id": args.device_id or "simulator",
     }
-
-
-def run_simulator(args: argparse.Namespace) -> int:
-    """``simulate`` until SIGTERM/SIGINT: 0. A bad flag, or a port it cannot listen on, is
-    one line on stderr and 2."""
-    try:
-        port, interval, level = _simulator_flags(args)
-        simulator = _listen(args, port)
-    except ValueError as exc:
-        print(f"springcore-bridge simulate: {exc}", file=sys.stderr)
-        return 2
-    hold_stop_signals()
-    logs.configure(level, "text")
-    profiles = PROFILES if args.profile == "mixed" else (args.profile,)
-    simulator.start()
-    if interval > 0:
-        threading.Thread(
-            target=simulator.run_timer, args=(interval, profiles, args.moves), daemon=True
-        ).start()
-    threading.Thread(target=_read_stdin, args=(simulator, profiles), daemon=True).start()
-    print(HINT, file=sys.stderr)
-    wait_stop_signal()
-    simulator.stop()
-    return 0
-
-
-def _simulator_flags(args: argparse.Namespace) -> tuple[int, float, str]:
-    """``--port``, ``--interval`` and ``--log-level``, checked; ValueError names the bad one."""
-    text = args.port.strip()
-    port = int(text) if text.isascii() and text.isdigit() else -1
-    if not 0 <= port <= 65535:
-        raise ValueError(
-            f"--port must be a whole number from 0 to 65535 (0 = any free port), got {args.port!r}"
-        )
-    try:
-        interval = float(args.interval)
-    except ValueError:
-        interval = -1.0
-    if not (math.isfinite(interval) and interval >= 0):
-        raise ValueError(f"--interval must be 0 (no timer) or more seconds, got {args.interval!r}")
-    levels = typing.get_args(LogLevel)
-    if args.log_level.upper() not in levels:
-        raise ValueError(f"--log-level must be one of {', '.join(levels)}, got {args.log_level!r}")
-    return port, interval, args.log_level.upper()
-
-
-def _listen(args: argparse.Namespace, port: int) -> Simulator:
-    """A simulator bound to ``--host``:``port``; ValueError says why it cannot listen there."""
-    try:
-        return Simulator(args.host, port, SEPARATORS[args.separator], busy=args.busy)
-    except OSError as exc:
-        reason = describe_listen_error(exc)
-        raise ValueError(f"cannot listen on {args.host}:{port}: {reason}") from None
-
-
-def _read_stdin(simulator: Simulator, profiles: tuple[str, ...]) -> None:
-    """On-demand events: one line, one action (``bridge.console``); a refused line says why."""
-    for line in sys.stdin:
-        try:
-            act(simulator, line, profiles)
-        except (InputError, OSError) as exc:
-            print(f"not sent: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
