@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,34 @@ class States:
             del history[: len(history) - history[::-1].index(state)]
 
 
+@dataclass
+class Rig:
+    """A fleet of simulated readers, its readers file, its status watcher, its process."""
+
+    sims: dict[str, Simulator]
+    file: Path
+    states: States
+    fleet: Fleet
+
+
+@pytest.fixture
+def rig(
+    broker: Broker,
+    simulators: Callable[[int], list[Simulator]],
+    subscribe: Callable[..., Subscriber],
+    tmp_path: Path,
+) -> Callable[..., Rig]:
+    """``rig("a", "b")``: readers a and b, simulated, in a readers file (not started)."""
+
+    def make(*devices: str) -> Rig:
+        sims = dict(zip(devices, simulators(len(devices)), strict=True))
+        file = readers_file(tmp_path / "readers.toml", sims)
+        states = States(subscribe(f"{PREFIX}/+/status"))
+        return Rig(sims, file, states, Fleet(tmp_path, broker, file))
+
+    return make
+
+
 def mqtt_local_ports(pid: int, broker_port: int) -> set[int]:
     """The local ports of ``pid``'s TCP connections to ``broker_port`` (/proc)."""
     inodes = set()
@@ -146,16 +175,11 @@ def mqtt_local_ports(pid: int, broker_port: int) -> set[int]:
 
 
 def test_each_reader_of_the_file_is_bridged_on_its_own_topics(
-    broker: Broker,
-    simulators: Callable[[int], list[Simulator]],
-    subscribe: Callable[..., Subscriber],
-    tmp_path: Path,
+    rig: Callable[..., Rig], subscribe: Callable[..., Subscriber]
 ) -> None:
-    sims = dict(zip(("front", "back", "gate"), simulators(3), strict=True))
-    file = readers_file(tmp_path / "readers.toml", sims)
     everything = subscribe(f"{PREFIX}/+/rdr/evt")
-    states = States(subscribe(f"{PREFIX}/+/status"))
-    fleet = Fleet(tmp_path, broker, file)
+    made = rig("front", "back", "gate")
+    sims, states, fleet = made.sims, made.states, made.fleet
     with reaped(fleet.start()) as process:
         states.wait(sims, READY)
         sent = {device: json.loads(sim.emit()) for device, sim in sims.items()}
@@ -194,16 +218,10 @@ def test_each_reader_of_the_file_is_bridged_on_its_own_topics(
         states.wait(sims, OFFLINE)
 
 
-def test_sigkill_makes_every_readers_status_offline_dead(
-    broker: Broker,
-    simulators: Callable[[int], list[Simulator]],
-    subscribe: Callable[..., Subscriber],
-    tmp_path: Path,
-) -> None:
-    sims = dict(zip(("a", "b", "c"), simulators(3), strict=True))
-    states = States(subscribe(f"{PREFIX}/+/status"))
-    fleet = Fleet(tmp_path, broker, readers_file(tmp_path / "readers.toml", sims))
-    with reaped(fleet.start()) as process:
+def test_sigkill_makes_every_readers_status_offline_dead(rig: Callable[..., Rig]) -> None:
+    made = rig("a", "b", "c")
+    sims, states = made.sims, made.states
+    with reaped(made.fleet.start()) as process:
         states.wait(sims, READY)
         process.kill()
         process.wait(10)
@@ -247,15 +265,10 @@ def test_sighup_starts_added_stops_removed_restarts_changed_and_leaves_the_rest(
 
 
 def test_a_bad_file_on_reload_keeps_the_running_readers(
-    broker: Broker,
-    simulators: Callable[[int], list[Simulator]],
-    subscribe: Callable[..., Subscriber],
-    tmp_path: Path,
+    rig: Callable[..., Rig], broker: Broker, subscribe: Callable[..., Subscriber]
 ) -> None:
-    sims = dict(zip(("one", "two"), simulators(2), strict=True))
-    file = readers_file(tmp_path / "readers.toml", sims)
-    states = States(subscribe(f"{PREFIX}/+/status"))
-    fleet = Fleet(tmp_path, broker, file)
+    made = rig("one", "two")
+    sims, file, states, fleet = made.sims, made.file, made.states, made.fleet
     with reaped(fleet.start()) as process:
         states.wait(sims, READY)
         ports = mqtt_local_ports(fleet.pid, broker.port)
@@ -313,15 +326,10 @@ def test_startup_problems_exit_2_naming_each_reader_and_key(tmp_path: Path) -> N
 
 
 def test_the_shared_spool_keeps_each_readers_events_through_a_sigkill(
-    broker: Broker,
-    simulators: Callable[[int], list[Simulator]],
-    subscribe: Callable[..., Subscriber],
-    tmp_path: Path,
+    rig: Callable[..., Rig], broker: Broker, subscribe: Callable[..., Subscriber], tmp_path: Path
 ) -> None:
-    sims = dict(zip(("left", "right"), simulators(2), strict=True))
-    file = readers_file(tmp_path / "readers.toml", sims)
-    states = States(subscribe(f"{PREFIX}/+/status"))
-    fleet = Fleet(tmp_path, broker, file)
+    made = rig("left", "right")
+    sims, states, fleet = made.sims, made.states, made.fleet
     with reaped(fleet.start()) as process:
         states.wait(sims, READY)
         broker.stop()
