@@ -123,7 +123,9 @@ class Reloads:
 
     async def _once(self) -> None:
         try:
-            options = self._reload()
+            # Off the loop: checking a thousand readers takes a few tenths of a second,
+            # which the readers' events must not wait for.
+            options = await asyncio.to_thread(self._reload)
         except ConfigError as error:
             for line in error.lines:
                 log.error("reload: %s", line)
