@@ -417,11 +417,12 @@ def test_a_reader_whose_task_dies_restarts_alone(
         loop.close()
 
 
-def test_a_reader_whose_credentials_are_refused_does_not_disturb_the_others(
+def test_readers_whose_credentials_are_refused_or_link_is_down_do_not_disturb_the_others(
     simulators: Callable[[int], list[Simulator]], tmp_path: Path
 ) -> None:
-    """A password file on the broker; one reader logs in with a wrong password, the other
-    anonymously (allowed): the refused one retries on its own, the other is bridged."""
+    """A password file on the broker; one reader logs in with a wrong password, one has no
+    reader listening, the third logs in anonymously (allowed): the first two retry on their
+    own, the third is bridged."""
     passwords = tmp_path / "passwd"
     subprocess.run(
         ["mosquitto_passwd", "-c", "-b", str(passwords), "door", "right"],
@@ -432,8 +433,9 @@ def test_a_reader_whose_credentials_are_refused_does_not_disturb_the_others(
     wrong = tmp_path / "wrong-secret"
     wrong.write_text("wrong\n")
     broker = Broker(tmp_path, f"password_file {passwords}\nuser root\n").start()
-    sims = dict(zip(("locked", "open"), simulators(2), strict=True))
+    sims = dict(zip(("locked", "open", "unplugged"), simulators(3), strict=True))
     file = readers_file(tmp_path / "readers.toml", sims)
+    sims["unplugged"].stop()  # its reader refuses connections from now on
     file.write_text(
         file.read_text().replace(
             'device_id = "locked"',
@@ -450,12 +452,22 @@ def test_a_reader_whose_credentials_are_refused_does_not_disturb_the_others(
             assert event.topic == f"{PREFIX}/open/rdr/evt"
             assert event.json() == sent
             wait_until(lambda: "refused the connection" in fleet.output(), "the refusal logged")
-            refusals = [line for line in fleet.output().splitlines() if "refused" in line]
+            wait_until(lambda: "link down" in fleet.output(), "the reader link's failure logged")
+            lines = fleet.output().splitlines()
+            refusals = [line for line in lines if "refused the connection" in line]
             assert all("[locked]" in line for line in refusals), refusals
+            downs = [line for line in lines if "link down" in line]
+            assert downs, lines
+            assert all("[unplugged]" in line for line in downs), downs
             status, body = http_get(fleet.http, "/readyz")
             assert status == 503
-            assert body == "not ready: 1 of 2 readers have no broker session: locked\n"
+            assert body == "not ready: 1 of 3 readers have no broker session: locked\n"
             assert http_get(fleet.http, "/readyz?device_id=open") == (200, "ready\n")
+            status, body = http_get(fleet.http, "/readyz?device_id=unplugged")
+            assert status == 503
+            assert body.startswith("not ready: reader link down (")
+            again = json.loads(sims["open"].emit())  # still bridged while the others retry
+            assert subscriber.wait_for(lambda m: m.topic.endswith("/rdr/evt")).json() == again
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
     finally:
