@@ -28,7 +28,7 @@ from bridge.options import BridgeOptions, ConfigError, OutboxOptions
 from bridge.outbox import MemoryOutbox, Outbox, Pool
 from bridge.session import Session, open_outbox
 from bridge.spool import Spool, SpoolError
-from bridge.spool_outbox import SpoolOutbox, reader_table
+from bridge.spool_outbox import CommitGroup, SpoolOutbox, reader_table
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,20 @@ class SharedOutboxes:
         self.options = options
         self.pool = Pool(options.max_bytes)
         self.spool = None if options.spool_path is None else Spool.open(options.spool_path)
+        self.group = None if self.spool is None else CommitGroup(self.spool)
 
     def outbox(self, device_id: str) -> Outbox:
         max_bytes, max_age = self.options.max_bytes, self.options.max_age
         if self.spool is None:
             return MemoryOutbox(max_bytes, max_age, self.pool)
-        return SpoolOutbox(self.spool, max_bytes, max_age, reader_table(device_id), self.pool)
+        table = reader_table(device_id)
+        return SpoolOutbox(
+            self.spool, max_bytes, max_age, table=table, pool=self.pool, group=self.group
+        )
 
     def close(self) -> None:
+        if self.group is not None:
+            self.group.commit()  # what the last readers put, if they did not close first
         if self.spool is not None:
             self.spool.close()
 

@@ -14,6 +14,7 @@ bridge.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sqlite3
@@ -27,6 +28,8 @@ from bridge.spool import Spool
 
 log = logging.getLogger("bridge.outbox")
 
+GROUP_DELAY = 0.01
+"""Seconds a fleet's reader's rows wait for other readers' to share their transaction."""
 WINDOW_ROWS = 500
 """Queued spool rows kept in memory at a time; the rest stay on disk."""
 INSERT_SIZES = (256, 64, 16, 4, 1)
@@ -67,8 +70,10 @@ class SpoolOutbox(Bounds):
         spool: Path | Spool,
         max_bytes: int,
         max_age: float,
+        *,
         table: str = "events",
         pool: Pool | None = None,
+        group: CommitGroup | None = None,
     ) -> None:
         super().__init__(max_bytes, max_age, "BRIDGE_SPOOL_MAX_MB", pool)
         self._owns_spool = not isinstance(spool, Spool)
@@ -76,6 +81,7 @@ class SpoolOutbox(Bounds):
         self._spool = Spool.open(spool) if isinstance(spool, Path) else spool
         self.path = self._spool.path
         self._table = table
+        self._group = group
         self._db = self._spool.db
         self._spool.create_table(table)
         self._window: deque[Pending] = deque()
@@ -116,14 +122,21 @@ class SpoolOutbox(Bounds):
         self._make_room()
 
     def commit(self) -> None:
+        """The loop turn's commit (``bridge.upkeep``): at once, or - for a fleet's reader -
+        joined to the shared spool's group commit (:class:`CommitGroup`)."""
+        if self._group is None:
+            self._commit_now()
+        elif self._staged or self._acked:
+            self._group.add(self)
+
+    def _commit_now(self) -> None:
         """Write and make durable every event put so far (one transaction for a whole loop
         turn's events), deleting in the same transaction the rows acknowledged since the
         last one. With the disk full, the oldest waiting events make room; if that is not
         enough, the new ones are dropped (still delivered if paho has them)."""
         if not self._staged:
             return
-        rows, self._staged = self._staged, []
-        acked, self._acked = self._acked, []
+        rows, acked = self._take_staged()
         try:
             self._insert(rows, acked)
         except sqlite3.OperationalError as exc:
@@ -132,21 +145,29 @@ class SpoolOutbox(Bounds):
             self._acked = acked + self._acked  # rolled back: deleted later
             self._on_disk_full(rows)
 
+    def _take_staged(self) -> tuple[list[tuple[int, float, bytes]], list[int]]:
+        rows, self._staged = self._staged, []
+        acked, self._acked = self._acked, []
+        return rows, acked
+
     def _insert(self, rows: list[tuple[int, float, bytes]], acked: Sequence[int] = ()) -> None:
+        with self._db:  # one transaction: committed, or rolled back on an error
+            self._write(rows, acked)
+
+    def _write(self, rows: list[tuple[int, float, bytes]], acked: Sequence[int]) -> None:
         # Many rows per statement: executemany() costs one step per row, each releasing and
         # taking the GIL again. Chunks of 256, 64, ... 1 rows: few steps, and few distinct
         # statements for SQLite's statement cache to hold (each prepared one keeps memory).
-        with self._db:  # one transaction: committed, or rolled back on an error
-            start = 0
-            for size in INSERT_SIZES:
-                while len(rows) - start >= size:
-                    chunk = rows[start : start + size]
-                    self._db.execute(
-                        _insert_sql(self._table, size), [value for row in chunk for value in row]
-                    )
-                    start += size
-            if acked:
-                self._delete_rows(acked)
+        start = 0
+        for size in INSERT_SIZES:
+            while len(rows) - start >= size:
+                chunk = rows[start : start + size]
+                self._db.execute(
+                    _insert_sql(self._table, size), [value for row in chunk for value in row]
+                )
+                start += size
+        if acked:
+            self._delete_rows(acked)
 
     def _on_disk_full(self, rows: list[tuple[int, float, bytes]]) -> None:
         needed = sum(_row_size(payload) for _, _, payload in rows)
@@ -177,7 +198,7 @@ class SpoolOutbox(Bounds):
         held; their seqs. ``written``: the staged rows may be among them, so they are
         written first (else they are the caller's)."""
         if written:
-            self.commit()
+            self._commit_now()
         doomed: list[int] = []
         while self._over_bound(target):
             self._fill_window()
@@ -217,7 +238,7 @@ class SpoolOutbox(Bounds):
     def _fill_window(self) -> None:
         if self._window or self._window_complete:
             return
-        self.commit()  # the query must see every row put
+        self._commit_now()  # the query must see every row put
         rows = self._db.execute(
             f"SELECT seq, payload, received_at FROM {self._table} "  # noqa: S608
             "WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -258,7 +279,7 @@ class SpoolOutbox(Bounds):
 
     def flush(self) -> None:
         """Delete acknowledged rows and (every AGE_CHECK s) rows past the age limit."""
-        self.commit()
+        self._commit_now()
         if self._acked:
             try:
                 self._delete(self._acked)
@@ -309,3 +330,41 @@ class SpoolOutbox(Bounds):
         self._leave_pool()
         if self._owns_spool:
             self._spool.close()
+
+
+class CommitGroup:
+    """One transaction for the turns of every reader of a fleet that put events within
+    GROUP_DELAY s: at a thousand readers, one event each per second, a transaction per event
+    was a fifth of the process's CPU (py-spy, issue 12). A crash of the process can then lose
+    events read within the last GROUP_DELAY s - each was handed to paho in the turn that read
+    it, so only those the broker had not received yet. With the disk full, each reader's rows
+    go through its own commit and its own disk-full handling instead."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._db = spool.db
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[SpoolOutbox, None] = {}  # in the order they joined
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, outbox: SpoolOutbox) -> None:
+        self._pending[outbox] = None
+        if self._timer is None:
+            self._timer = self._loop.call_later(GROUP_DELAY, self.commit)
+
+    def commit(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = list(self._pending), {}
+        work = [(outbox, outbox._take_staged()) for outbox in pending if not outbox._closed]
+        try:
+            with self._db:
+                for outbox, (rows, acked) in work:
+                    outbox._write(rows, acked)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            for outbox, (rows, acked) in work:  # rolled back: each on its own
+                outbox._staged[:0] = rows
+                outbox._acked[:0] = acked
+                outbox._commit_now()

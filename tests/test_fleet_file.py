@@ -3,6 +3,9 @@ that a fleet's outboxes share. No broker, no reader: ``tests/test_fleet.py`` run
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import string
 from pathlib import Path
 
@@ -10,13 +13,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.config import load_settings
+from bridge.config import MB, load_settings
 from bridge.fleet_file import FLEET_SPOOL, PER_READER, SHARED, fleet_options, load_fleet
 from bridge.options import ConfigError
 from bridge.outbox import MEMORY_OVERHEAD, MemoryOutbox, Pool
 from bridge.shard import Shard, shard_of
 from bridge.spool import Spool
-from bridge.spool_outbox import SPOOL_ROW_OVERHEAD, SpoolOutbox, reader_table
+from bridge.spool_outbox import (
+    GROUP_DELAY,
+    SPOOL_ROW_OVERHEAD,
+    CommitGroup,
+    SpoolOutbox,
+    reader_table,
+)
 
 
 def fleet_file(tmp_path: Path, text: str) -> Path:
@@ -240,8 +249,8 @@ def test_the_shared_spool_keeps_readers_apart_and_evicts_the_flooder(tmp_path: P
     spool = Spool.open(tmp_path / "fleet.db")
     pool = Pool(30 * size)
     try:
-        quiet = SpoolOutbox(spool, pool.max_bytes, 1e12, reader_table("quiet"), pool)
-        flood = SpoolOutbox(spool, pool.max_bytes, 1e12, reader_table('fl"ood'), pool)
+        quiet = SpoolOutbox(spool, pool.max_bytes, 1e12, table=reader_table("quiet"), pool=pool)
+        flood = SpoolOutbox(spool, pool.max_bytes, 1e12, table=reader_table('fl"ood'), pool=pool)
         quiet.put_many([(b"q" * 100, float(n)) for n in range(5)])
         flood.put_many([(b"f" * 100, float(n)) for n in range(100)])
         quiet.commit()
@@ -258,8 +267,46 @@ def test_the_shared_spool_keeps_readers_apart_and_evicts_the_flooder(tmp_path: P
         assert seqs == list(range(seqs[0], seqs[0] + 5))  # its own, consecutive
         quiet.close()
         flood.close()
-        again = SpoolOutbox(spool, pool.max_bytes, 1e12, reader_table("quiet"), pool)
+        again = SpoolOutbox(spool, pool.max_bytes, 1e12, table=reader_table("quiet"), pool=pool)
         assert again.unacked() == 5  # not acknowledged: still there for the next session
         again.close()
     finally:
         spool.close()
+
+
+def test_a_fleets_readers_share_one_transaction_per_group_commit(tmp_path: Path) -> None:
+    """Each reader's turn joins the group; one transaction writes them all, GROUP_DELAY later."""
+
+    def committed() -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / "fleet.db")) as reader:
+            names = [row[0] for row in reader.execute("SELECT name FROM sqlite_master")]
+            return sum(
+                reader.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0] for name in names
+            )
+
+    async def scenario() -> tuple[int, int, int]:
+        spool = Spool.open(tmp_path / "fleet.db")
+        group = CommitGroup(spool)
+        outboxes = [
+            SpoolOutbox(spool, MB, 1e12, table=reader_table(name), group=group)
+            for name in ("a", "b", "c")
+        ]
+        for outbox in outboxes:
+            outbox.put_many([(b"{}", 0.0)] * 2)
+            outbox.commit()  # the turn's commit: joined, not written yet
+        before = committed()
+        await asyncio.sleep(GROUP_DELAY * 3)
+        after = committed()
+        for outbox in outboxes:
+            item = outbox.take()
+            assert item is not None
+            outbox.ack(item)
+            outbox.commit()  # an acknowledged row alone joins too, to be deleted
+        group.commit()
+        deleted = committed()
+        for outbox in outboxes:
+            outbox.close()
+        spool.close()
+        return before, after, deleted
+
+    assert asyncio.run(scenario()) == (0, 6, 3)
