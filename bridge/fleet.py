@@ -3,8 +3,9 @@
 :meth:`Fleet.apply` makes the running set match a list of readers: readers added start,
 readers removed stop (their ``offline`` published), readers whose options changed restart,
 and every other reader keeps its connections untouched - the same call starts a fleet and
-reloads it on SIGHUP. A fleet's readers share one spool file (each reader in a table of its
-own, in order, with its own ``seq``) and one byte bound (:class:`bridge.outbox.Pool`).
+reloads it on SIGHUP. A fleet's readers share one spool file (one table keyed by reader and
+``seq``: each reader's rows in order, with its own ``seq``), one group commit and one byte bound
+(:class:`bridge.outbox.Pool`).
 
 Isolation: when a part of one reader's session dies, that session alone is aborted (its MQTT
 last will says ``offline,dead``), logged with the traceback, shown in ``/healthz`` and
@@ -28,7 +29,7 @@ from bridge.options import BridgeOptions, ConfigError, OutboxOptions
 from bridge.outbox import MemoryOutbox, Outbox, Pool
 from bridge.session import Session, open_outbox
 from bridge.spool import Spool, SpoolError
-from bridge.spool_outbox import CommitGroup, SpoolOutbox, reader_table
+from bridge.spool_outbox import CommitGroup, SpoolOutbox
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,8 @@ class SharedOutboxes:
         max_bytes, max_age = self.options.max_bytes, self.options.max_age
         if self.spool is None:
             return MemoryOutbox(max_bytes, max_age, self.pool)
-        table = reader_table(device_id)
         return SpoolOutbox(
-            self.spool, max_bytes, max_age, table=table, pool=self.pool, group=self.group
+            self.spool, max_bytes, max_age, reader=device_id, pool=self.pool, group=self.group
         )
 
     def close(self) -> None:

@@ -73,12 +73,20 @@ class Spool:
             raise SpoolError(f"BRIDGE_SPOOL_PATH: cannot open the spool {path}: {exc}") from None
         return cls(path, db, lock_fd)
 
-    def create_table(self, table: str) -> None:
-        """The events table ``table`` (quoted for SQL), created if it is not there yet."""
-        self.db.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} "
-            "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
-        )
+    def create_table(self, fleet: bool) -> None:
+        """The events table, created if it is not there yet: ``events`` for one reader, or
+        ``fleet_events``, where the readers of a fleet keep their rows by (reader, seq)."""
+        if fleet:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS fleet_events (reader TEXT NOT NULL, "
+                "seq INTEGER NOT NULL, received_at REAL NOT NULL, payload BLOB NOT NULL, "
+                "PRIMARY KEY (reader, seq)) WITHOUT ROWID"
+            )
+        else:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS events "
+                "(seq INTEGER PRIMARY KEY, received_at REAL NOT NULL, payload BLOB NOT NULL)"
+            )
         self.db.commit()
 
     def checkpoint(self) -> None:

@@ -32,23 +32,20 @@ GROUP_DELAY = 0.01
 """Seconds a fleet's reader's rows wait for other readers' to share their transaction."""
 WINDOW_ROWS = 500
 """Queued spool rows kept in memory at a time; the rest stay on disk."""
-INSERT_SIZES = (256, 64, 16, 4, 1)
-"""Rows per INSERT statement (3 variables each: 768 at most, under SQLite's oldest limit
-of 999)."""
+INSERT_SIZES = (200, 64, 16, 4, 1)
+"""Rows per INSERT statement (3 variables each, 4 in a fleet's table: 800 at most, under
+SQLite's oldest limit of 999)."""
 SPOOL_ROW_OVERHEAD = 32
 """Bytes a spool row takes besides its payload (seq, time, record header), roughly."""
 
 
-@functools.lru_cache(maxsize=4 * len(INSERT_SIZES))
-def _insert_sql(table: str, rows: int) -> str:
+@functools.lru_cache(maxsize=2 * len(INSERT_SIZES))
+def _insert_sql(fleet: bool, rows: int) -> str:
+    if fleet:
+        values = ", ".join(["(?, ?, ?, ?)"] * rows)
+        return f"INSERT INTO fleet_events (reader, seq, received_at, payload) VALUES {values}"  # noqa: S608
     values = ", ".join(["(?, ?, ?)"] * rows)
-    return f"INSERT INTO {table} (seq, received_at, payload) VALUES {values}"  # noqa: S608
-
-
-def reader_table(device_id: str) -> str:
-    """The table of one reader of a fleet in the shared spool, quoted for SQL."""
-    name = "reader:" + device_id
-    return '"' + name.replace('"', '""') + '"'
+    return f"INSERT INTO events (seq, received_at, payload) VALUES {values}"  # noqa: S608
 
 
 def _row_size(payload: bytes) -> int:
@@ -59,9 +56,12 @@ class SpoolOutbox(Bounds):
     """The outbox on disk: what the broker has not acknowledged survives a crash.
 
     Given a path, it opens the spool file for itself (one reader, table ``events``). A
-    fleet's readers share one open :class:`Spool` instead, each in a table of its own
-    (:func:`reader_table`, so each reader's events keep their order and ``seq``) and one
-    :class:`Pool` for the byte bound; closing such an outbox leaves the spool open."""
+    fleet's readers share one open :class:`Spool` instead and one table, ``fleet_events``,
+    keyed by (``reader``, ``seq``): each reader's rows keep their order and their ``seq``, and
+    every reader runs the same few statements (a table per reader made SQLite prepare its
+    statements again and again, beyond its cache, and hold thousands). They also share one
+    :class:`Pool` for the byte bound and one :class:`CommitGroup`; closing such an outbox
+    leaves the spool open."""
 
     durable = True
 
@@ -71,7 +71,7 @@ class SpoolOutbox(Bounds):
         max_bytes: int,
         max_age: float,
         *,
-        table: str = "events",
+        reader: str | None = None,
         pool: Pool | None = None,
         group: CommitGroup | None = None,
     ) -> None:
@@ -80,10 +80,14 @@ class SpoolOutbox(Bounds):
         # Locked for this process; a corrupt file moved aside.
         self._spool = Spool.open(spool) if isinstance(spool, Path) else spool
         self.path = self._spool.path
-        self._table = table
+        # The rows of this outbox: all of ``events``, or this reader's of ``fleet_events``.
+        self._fleet = reader is not None
+        self._table = "fleet_events" if self._fleet else "events"
+        self._mine = "reader = ? AND " if self._fleet else ""
+        self._key: tuple[str, ...] = () if reader is None else (reader,)
         self._group = group
         self._db = self._spool.db
-        self._spool.create_table(table)
+        self._spool.create_table(fleet=self._fleet)
         self._window: deque[Pending] = deque()
         self._staged: list[tuple[int, float, bytes]] = []  # put, not yet written
         self._window_complete = False  # every queued row is in the window
@@ -94,7 +98,9 @@ class SpoolOutbox(Bounds):
         self._cursor = 0  # highest seq handed out
         self._drop_older_than(time.time() - max_age)
         count, top, payload_bytes = self._db.execute(
-            f"SELECT COUNT(*), MAX(seq), TOTAL(LENGTH(payload)) FROM {table}"  # noqa: S608
+            f"SELECT COUNT(*), MAX(seq), TOTAL(LENGTH(payload)) FROM {self._table} "  # noqa: S608
+            f"WHERE {self._mine}1",
+            self._key,
         ).fetchone()
         self._count: int = count
         self._bytes = int(payload_bytes) + count * SPOOL_ROW_OVERHEAD
@@ -162,9 +168,8 @@ class SpoolOutbox(Bounds):
         for size in INSERT_SIZES:
             while len(rows) - start >= size:
                 chunk = rows[start : start + size]
-                self._db.execute(
-                    _insert_sql(self._table, size), [value for row in chunk for value in row]
-                )
+                values = [value for row in chunk for value in (*self._key, *row)]
+                self._db.execute(_insert_sql(self._fleet, size), values)
                 start += size
         if acked:
             self._delete_rows(acked)
@@ -226,13 +231,13 @@ class SpoolOutbox(Bounds):
         if seqs[-1] - seqs[0] + 1 == len(seqs):
             # In order, as acknowledgements and drops come: one range instead of one per row.
             self._db.execute(
-                f"DELETE FROM {self._table} WHERE seq BETWEEN ? AND ?",  # noqa: S608
-                (seqs[0], seqs[-1]),
+                f"DELETE FROM {self._table} WHERE {self._mine}seq BETWEEN ? AND ?",  # noqa: S608
+                (*self._key, seqs[0], seqs[-1]),
             )
         else:
             self._db.executemany(
-                f"DELETE FROM {self._table} WHERE seq = ?",  # noqa: S608
-                ((s,) for s in seqs),
+                f"DELETE FROM {self._table} WHERE {self._mine}seq = ?",  # noqa: S608
+                ((*self._key, s) for s in seqs),
             )
 
     def _fill_window(self) -> None:
@@ -241,8 +246,8 @@ class SpoolOutbox(Bounds):
         self._commit_now()  # the query must see every row put
         rows = self._db.execute(
             f"SELECT seq, payload, received_at FROM {self._table} "  # noqa: S608
-            "WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self._cursor, WINDOW_ROWS),
+            f"WHERE {self._mine}seq > ? ORDER BY seq LIMIT ?",
+            (*self._key, self._cursor, WINDOW_ROWS),
         ).fetchall()
         self._window.extend(Pending(seq, bytes(payload), at) for seq, payload, at in rows)
         self._window_complete = len(rows) < WINDOW_ROWS
@@ -300,14 +305,15 @@ class SpoolOutbox(Bounds):
 
     def _drop_older_than(self, cutoff: float, queued_only: bool = False) -> int:
         floor = self._cursor if queued_only else 0
-        where = "WHERE received_at < ? AND seq > ?"
+        where = f"WHERE {self._mine}received_at < ? AND seq > ?"
+        values = (*self._key, cutoff, floor)
         count, payload_bytes = self._db.execute(
             f"SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM {self._table} {where}",  # noqa: S608
-            (cutoff, floor),
+            values,
         ).fetchone()
         if not count:
             return 0
-        self._db.execute(f"DELETE FROM {self._table} {where}", (cutoff, floor))  # noqa: S608
+        self._db.execute(f"DELETE FROM {self._table} {where}", values)  # noqa: S608
         self._db.commit()
         if queued_only:  # at start-up the totals are read afterwards
             self._count -= count

@@ -24,7 +24,6 @@ from bridge.spool_outbox import (
     SPOOL_ROW_OVERHEAD,
     CommitGroup,
     SpoolOutbox,
-    reader_table,
 )
 
 
@@ -249,8 +248,8 @@ def test_the_shared_spool_keeps_readers_apart_and_evicts_the_flooder(tmp_path: P
     spool = Spool.open(tmp_path / "fleet.db")
     pool = Pool(30 * size)
     try:
-        quiet = SpoolOutbox(spool, pool.max_bytes, 1e12, table=reader_table("quiet"), pool=pool)
-        flood = SpoolOutbox(spool, pool.max_bytes, 1e12, table=reader_table('fl"ood'), pool=pool)
+        quiet = SpoolOutbox(spool, pool.max_bytes, 1e12, reader="quiet", pool=pool)
+        flood = SpoolOutbox(spool, pool.max_bytes, 1e12, reader='fl"ood', pool=pool)
         quiet.put_many([(b"q" * 100, float(n)) for n in range(5)])
         flood.put_many([(b"f" * 100, float(n)) for n in range(100)])
         quiet.commit()
@@ -267,7 +266,7 @@ def test_the_shared_spool_keeps_readers_apart_and_evicts_the_flooder(tmp_path: P
         assert seqs == list(range(seqs[0], seqs[0] + 5))  # its own, consecutive
         quiet.close()
         flood.close()
-        again = SpoolOutbox(spool, pool.max_bytes, 1e12, table=reader_table("quiet"), pool=pool)
+        again = SpoolOutbox(spool, pool.max_bytes, 1e12, reader="quiet", pool=pool)
         assert again.unacked() == 5  # not acknowledged: still there for the next session
         again.close()
     finally:
@@ -288,8 +287,7 @@ def test_a_fleets_readers_share_one_transaction_per_group_commit(tmp_path: Path)
         spool = Spool.open(tmp_path / "fleet.db")
         group = CommitGroup(spool)
         outboxes = [
-            SpoolOutbox(spool, MB, 1e12, table=reader_table(name), group=group)
-            for name in ("a", "b", "c")
+            SpoolOutbox(spool, MB, 1e12, reader=name, group=group) for name in ("a", "b", "c")
         ]
         for outbox in outboxes:
             outbox.put_many([(b"{}", 0.0)] * 2)
