@@ -82,6 +82,17 @@ Next to each phase it records the context switches of the system under test (all
 and the CPU used by the broker, by this process and by every other process on the machine
 (``/proc/<pid>/stat``): on a small machine the "other" part says how much other jobs took.
 
+``--fleet [N]`` (issue 12, default N = 1000) measures a fleet instead: the bridge in fleet mode
+(``BRIDGE_READERS_FILE`` with N readers ``r0000`` ..., spool on, discovery off, QoS 1, no command
+rate limit) against the *bare fleet path* (``bench.py --fleet-bare``: one asyncio loop, one paho
+client per reader driven through paho's socket callbacks, each CR-LF line published at QoS 1,
+nothing else), each reader at 1 event/s at a random phase of its second, the events' own counters
+telling what was lost: time until all N are ``online,ready``, idle CPU (``--idle-seconds``,
+schedstat), CPU at N events/s and its ratio to the bare path's, PSS, latency p50/p99, a flood of
+10 readers as fast as each path takes (``--seconds``) next to the one-reader bridge's QoS 1
+saturation. ``--fleet-processes K`` adds K one-reader bridge processes for the same figures,
+summed. See ``benchlib/fleet_run.py`` for the order of the phases and why.
+
 The parts live in ``scripts/benchlib/`` (one module each: the reader double, the subscriber,
 the systems under test and the bare path, the rig, the phases, the report, the table) and share
 ``scripts/harness.py`` with ``soak.py``; this file is the command line.
@@ -100,9 +111,14 @@ import sys
 import tempfile
 import types
 from pathlib import Path
+from typing import Any
 
 from benchlib.baseline import run_baseline
 from benchlib.errors import BenchError, StopRequestedError
+from benchlib.fleet_bare import run_fleet_bare
+from benchlib.fleet_report import build_fleet_report, print_fleet
+from benchlib.fleet_rig import FleetRig
+from benchlib.fleet_run import measure_fleet
 from benchlib.plan import BURST, make_plan
 from benchlib.report import build_report
 from benchlib.rig import Rig
@@ -141,13 +157,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--fleet",
+        type=int,
+        nargs="?",
+        const=1000,
+        metavar="N",
+        help="the fleet benchmark with N readers (default 1000) instead",
+    )
+    parser.add_argument(
+        "--fleet-processes",
+        type=int,
+        metavar="K",
+        help="with --fleet: also K one-reader bridge processes (heavy: K Python processes)",
+    )
     internal = parser.add_argument_group("the bare baseline path (started by the benchmark)")
     internal.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     internal.add_argument("--reader-port", type=int, help=argparse.SUPPRESS)
     internal.add_argument("--mqtt-port", type=int, help=argparse.SUPPRESS)
     internal.add_argument("--device", help=argparse.SUPPRESS)
     internal.add_argument("--qos", type=int, choices=(0, 1), default=1, help=argparse.SUPPRESS)
+    internal.add_argument("--fleet-bare", action="store_true", help=argparse.SUPPRESS)
+    internal.add_argument("--readers-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fleet is not None and args.fleet < 1:
+        parser.error("--fleet needs 1 reader or more")
+    if args.fleet is not None and (args.only or args.paho_subscriber):
+        parser.error("--fleet takes neither --only nor --paho-subscriber")
+    if args.fleet_processes is not None and (args.fleet is None or args.fleet_processes < 1):
+        parser.error("--fleet-processes needs --fleet and 1 process or more")
+    if args.fleet_bare and (args.readers_file is None or args.mqtt_port is None):
+        parser.error("--fleet-bare needs --readers-file and --mqtt-port")
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--seconds must be positive")
     if args.only == "idle" and args.idle_seconds == 0:
@@ -165,26 +205,38 @@ def _raise_interrupted(signum: int, frame: types.FrameType | None) -> None:
     raise StopRequestedError(signal.Signals(signum).name)
 
 
+def _measure(rig: Rig | FleetRig) -> dict[str, Any]:
+    """Every run, then the report, printed as a table."""
+    if isinstance(rig, FleetRig):
+        fleet_runs = [measure_fleet(rig, number) for number in range(1, rig.plan.runs + 1)]
+        report = build_fleet_report(rig, fleet_runs)
+        print_fleet(report)
+    else:
+        runs = [measure(rig, number) for number in range(1, rig.plan.runs + 1)]
+        report = build_report(rig, runs)
+        print_table(report)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.baseline:
         return run_baseline(args.reader_port, args.mqtt_port, args.device, args.qos)
+    if args.fleet_bare:
+        return run_fleet_bare(args.readers_file, args.mqtt_port)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
-    plan = make_plan(args)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         workdir = args.workdir.resolve()
     else:
         workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"bench: work directory {workdir}", flush=True)
-    rig = Rig(args, plan, workdir)
+    rig = FleetRig(args, workdir) if args.fleet is not None else Rig(args, make_plan(args), workdir)
     status = 2
     try:
         rig.setup()
-        runs = [measure(rig, number) for number in range(1, plan.runs + 1)]
-        report = build_report(rig, runs)
-        print_table(report)
+        report = _measure(rig)
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
         status = 0

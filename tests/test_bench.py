@@ -2,8 +2,9 @@
 
 A smoke test of the benchmark itself, with every phase one or two seconds long and without the
 1,000,000-event run: the figures are meaningless at that length, only their presence is checked;
-then ``--only idle --runs 2``, and the parts that decide a figure: the sustained-rate search, the
-schedstat clock, the medians of several runs.
+then ``--only idle --runs 2``; then a fleet of five readers (``--fleet 5``, two one-reader
+processes beside it), every reader's events complete; and the parts that decide a figure: the
+sustained-rate search, the schedstat clock, the medians of several runs.
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ MEASURED = (
     | QUIET
 )
 MILLION = {"rss_after_million_mb", "rss_growth_million_pct"}
+
+
+FLEET = {
+    "fleet_ready_s",
+    "fleet_settle_cpu_ms",
+    "fleet_idle_cpu_pct",
+    "fleet_idle_wakeups_per_s",
+    "fleet_cpu_pct",
+    "fleet_cpu_us_per_event",
+    "fleet_pss_mb",
+    "fleet_latency_p50_ms",
+    "fleet_latency_p99_ms",
+    "fleet_latency_p999_ms",
+    "fleet_events_lost",
+}
+FLOOD = {"flood_eps", "single_saturation_eps", "flood_lost"}
 
 
 def run_bench(tmp_path: Path, *flags: str) -> tuple[str, dict[str, Any]]:
@@ -140,6 +157,42 @@ def test_only_idle_repeated_reports_each_run_and_the_medians(tmp_path: Path) -> 
         for phase in ("idle", "1 event/s")
         for path in ("bridge", "baseline")
     }
+
+
+@pytest.mark.timeout(90)
+def test_short_fleet_run_reports_every_fleet_figure_and_loses_nothing(tmp_path: Path) -> None:
+    output, report = run_bench(
+        tmp_path,
+        *("--fleet", "5", "--fleet-processes", "2", "--seconds", "2", "--idle-seconds", "2"),
+    )
+    assert "bare fleet path" in output
+    assert "2 processes" in output  # the second table
+    metrics = report["metrics"]
+    assert set(metrics) == FLEET | FLOOD
+    for key in FLEET | {"flood_eps", "flood_lost"}:
+        for path in ("bridge", "baseline"):
+            value = metrics[key][path]
+            assert isinstance(value, int | float), (key, path, value)
+            assert value >= 0, (key, path, value)
+    for key in ("fleet_cpu_pct", "fleet_pss_mb", "fleet_latency_p50_ms", "flood_eps"):
+        assert metrics[key]["ratio"] > 0, key
+    assert metrics["single_saturation_eps"]["bridge"] > 0
+    for key in ("fleet_events_lost", "flood_lost"):  # every reader's counters complete
+        assert metrics[key]["bridge"] == 0
+        assert metrics[key]["baseline"] == 0
+    for key in ("fleet_ready_s", "fleet_cpu_pct", "fleet_pss_mb", "flood_eps"):
+        assert isinstance(metrics[key]["met"], bool), key
+    processes = report["processes_metrics"]
+    assert set(processes) == FLEET
+    for key in FLEET:  # "bridge": the 2 one-reader processes, "baseline": the fleet bridge
+        assert isinstance(processes[key]["bridge"], int | float), key
+    assert processes["fleet_events_lost"]["bridge"] == 0
+    ran = {(phase["phase"], phase["path"]) for phase in report["phases"]}
+    for path in ("bridge", "baseline"):
+        for phase in ("start", "settle", "idle", "5 events/s", "flood of 5", "all events"):
+            assert (phase, path) in ran
+    assert ("flood of 1", "single") in ran
+    assert ("2 events/s", "processes") in ran
 
 
 def _search(capacity: float, start: float, steps: int = 5) -> tuple[float | None, float | None]:

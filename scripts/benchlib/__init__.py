@@ -13,5 +13,10 @@ watched from outside, so the benchmark measures any version of it. One module ea
 - ``quiet``: idle and 1 event/s CPU (schedstat); ``phases``, ``throughput``: the loaded phases;
   ``run``: one run of them in order, on fresh systems under test;
 - ``figure``: the figures of one run; ``metric``: those of several runs combined (medians)
-  and the targets; ``report``: the JSON report; ``table``: the printed table.
+  and the targets; ``report``: the JSON report; ``table``: the printed table;
+- the fleet benchmark (``bench.py --fleet N``): ``fleet_recorder`` (every reader's counters and
+  status), ``fleet_double`` (the readers), ``fleet_bare`` (the bare fleet path itself),
+  ``fleet_system`` (the fleet bridge, the bare fleet path, one-reader bridges), ``fleet_rig``
+  (set-up, paced and closed-loop writing), ``fleet_phases``, ``fleet_run`` (one run, and why in
+  that order), ``fleet_report`` (figures, targets, JSON, tables).
 """

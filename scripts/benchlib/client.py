@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -19,7 +20,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from benchlib.errors import BenchError
-from benchlib.recorder import Recorder
+
+
+class Sink(Protocol):
+    """Where a subscriber hands what it receives (:class:`benchlib.recorder.Recorder`, or the
+    fleet benchmark's recorders): called from the subscriber's thread, ``progress`` set after
+    every batch."""
+
+    progress: threading.Event
+
+    def record(self, topic: bytes, payload: bytes, now: int) -> None: ...
 
 
 def _varint(value: int) -> bytes:
@@ -40,10 +50,11 @@ class RawSubscriber:
     """A minimal MQTT v5 subscriber on a raw socket: CONNECT, SUBSCRIBE (QoS 1), then PUBLISH
     packets parsed in bulk, timestamped per ``recv()``, acknowledged with one write per batch."""
 
-    def __init__(self, port: int, topic_filter: str, recorder: Recorder) -> None:
+    def __init__(self, port: int, topic_filter: str, recorder: Sink, name: str = "sub") -> None:
         self._port = port
         self._filter = topic_filter
         self._recorder = recorder
+        self._client_id = f"bench-{name}-{os.getpid()}"  # a second subscriber: another name
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._thread = threading.Thread(target=self._run, name="subscriber", daemon=True)
@@ -56,7 +67,7 @@ class RawSubscriber:
         receive_maximum = b"\x21\xff\xff"  # property: as many QoS 1 messages in flight as allowed
         header = _mqtt_string("MQTT") + bytes([5, 0x02]) + struct.pack("!H", 0)  # clean, no ping
         header += _varint(len(receive_maximum)) + receive_maximum
-        body = header + _mqtt_string(f"bench-sub-{os.getpid()}")
+        body = header + _mqtt_string(self._client_id)
         sock.sendall(b"\x10" + _varint(len(body)) + body)
         kind, connack = self._read_packet(sock)
         if kind != 0x20 or len(connack) < 2 or connack[1] != 0:
@@ -159,7 +170,7 @@ class RawSubscriber:
 class PahoSubscriber:
     """The same, with paho (``--paho-subscriber``): ~5 times the CPU per message."""
 
-    def __init__(self, port: int, topic_filter: str, recorder: Recorder) -> None:
+    def __init__(self, port: int, topic_filter: str, recorder: Sink) -> None:
         self._port = port
         self._filter = topic_filter
         self._recorder = recorder

@@ -130,24 +130,16 @@ class Sut:
         self.clock = ThreadClock(self.process.pid)  # its own CPU in ns (the quiet phases)
 
     def _bridge_env(self, broker_port: int, workdir: Path) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("BRIDGE_")}
         spool = f"spool-{self.device}.db" if self.run == 1 else f"spool-{self.device}-{self.run}.db"
-        env.update(
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            XDG_STATE_HOME=str(workdir),
+        return bridge_env(
+            broker_port,
+            workdir,
+            self.qos,
             BRIDGE_READER_HOST="127.0.0.1",
             BRIDGE_READER_PORT=str(self.reader.port),
-            BRIDGE_MQTT_HOST="127.0.0.1",
-            BRIDGE_MQTT_PORT=str(broker_port),
-            BRIDGE_MQTT_QOS=str(self.qos),
             BRIDGE_DEVICE_ID=self.device,
             BRIDGE_SPOOL_PATH=str(workdir / spool),
-            BRIDGE_LOG_LEVEL="WARNING",
-            BRIDGE_HA_DISCOVERY="false",
-            BRIDGE_COMMAND_RATE="0",
-            BRIDGE_COMMAND_GAP="0",
         )
-        return env
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -162,6 +154,26 @@ class Sut:
         status = stop_process(self.process)
         self.reader.close()
         return status
+
+
+def bridge_env(broker_port: int, workdir: Path, qos: int, **settings: str) -> dict[str, str]:
+    """The environment of a bridge under test: none of ours BRIDGE_*, the broker, ``qos``,
+    discovery off, no command rate limit and no command gap, warnings only; then
+    ``settings`` (the reader or the readers file, the spool, ...)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BRIDGE_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        XDG_STATE_HOME=str(workdir),
+        BRIDGE_MQTT_HOST="127.0.0.1",
+        BRIDGE_MQTT_PORT=str(broker_port),
+        BRIDGE_MQTT_QOS=str(qos),
+        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_HA_DISCOVERY="false",
+        BRIDGE_COMMAND_RATE="0",
+        BRIDGE_COMMAND_GAP="0",
+    )
+    env.update(settings)
+    return env
 
 
 def paho_version() -> str:

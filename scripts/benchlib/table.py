@@ -19,7 +19,7 @@ def _fmt(value: float | None) -> str:
 def print_table(report: dict[str, Any]) -> None:
     """The metrics as a Markdown table, then the context and the notes."""
     runs = report["meta"]["runs"]
-    _print_rows(_rows(report["metrics"], runs))
+    print_metrics(report["metrics"], runs)
     _print_context(report["meta"])
     if runs > 1:
         print(
@@ -31,10 +31,20 @@ def print_table(report: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _rows(metrics: dict[str, dict[str, Any]], runs: int) -> list[tuple[str, ...]]:
+def print_metrics(
+    metrics: dict[str, dict[str, Any]], runs: int, columns: tuple[str, str] = ("bridge", "baseline")
+) -> None:
+    """The metrics as a Markdown table, the two paths' columns headed ``columns``."""
+    _print_rows(_rows(metrics, runs, columns))
+
+
+def _rows(
+    metrics: dict[str, dict[str, Any]], runs: int, columns: tuple[str, str]
+) -> list[tuple[str, ...]]:
     of = f", median of {runs}" if runs > 1 else ""
+    first, second = columns
     rows: list[tuple[str, ...]] = [
-        ("metric", "unit", f"bridge{of}", f"baseline{of}", f"ratio{of}", "target", "met?")
+        ("metric", "unit", f"{first}{of}", f"{second}{of}", f"ratio{of}", "target", "met?")
     ]
     for metric in metrics.values():
         met = metric.get("met")
