@@ -14,7 +14,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
-from benchlib.event import PREFIX, TAG_KEY, TIME_KEY, render_event
+from benchlib.event import PREFIX, parse_event, render_event
 
 
 def event_topic(device: str) -> bytes:
@@ -93,14 +93,8 @@ class FleetRecorder:
         if track is None:
             self.strays += 1
             return
-        i = payload.find(TAG_KEY)
-        j = payload.find(TIME_KEY, i + 1)
-        k = payload.find(b'"', j + len(TIME_KEY))
         try:
-            if i < 0 or j < 0 or k < 0:
-                raise ValueError
-            number = int(payload[i + len(TAG_KEY) : i + len(TAG_KEY) + 14], 16)
-            sent = int(payload[j + len(TIME_KEY) : k])
+            number, sent = parse_event(payload)
         except ValueError:
             self.unparseable += 1
             return

@@ -6,7 +6,7 @@ import threading
 from array import array
 from dataclasses import dataclass, field
 
-from benchlib.event import TAG_KEY, TIME_KEY, render_event
+from benchlib.event import parse_event, render_event
 
 
 @dataclass
@@ -53,14 +53,8 @@ class Recorder:
         if phase is None:
             self.strays += 1
             return
-        i = payload.find(TAG_KEY)
-        j = payload.find(TIME_KEY, i + 1)
-        k = payload.find(b'"', j + len(TIME_KEY))
         try:
-            if i < 0 or j < 0 or k < 0:
-                raise ValueError
-            number = int(payload[i + 9 : i + 23], 16)
-            sent = int(payload[j + len(TIME_KEY) : k])
+            number, sent = parse_event(payload)
         except ValueError:
             phase.unparseable += 1
             return
