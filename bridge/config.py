@@ -21,11 +21,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bridge.address import host_problem
 from bridge.commands import FIELDS
 from bridge.discovery import Discovery
+from bridge.local import AllowListError, When, parse_allow_list
 from bridge.options import (
     BridgeOptions,
     CommandOptions,
     ConfigError,
     HttpOptions,
+    LocalOptions,
     LogFormat,
     LogLevel,
     MqttOptions,
@@ -200,6 +202,29 @@ class Settings(BaseSettings):
         10, ge=1, le=1000, description="commands that may arrive at once before the rate limit"
     )
 
+    local_reply: Literal["off", "accept", "deny", "wink"] = Field(
+        "off",
+        description="answer every read (not a Remove) with this sequence: off, accept, deny "
+        "or wink (README, When the broker is down)",
+    )
+    local_allow_file: Path | None = Field(
+        None,
+        description="file of allowed TagIds, one per line: listed tags get accept, other reads "
+        "deny; re-read when it changes; keep it mode 0600",
+    )
+    local_when: When | None = Field(
+        None,
+        description="when to answer reads locally: always, offline (broker session down) or "
+        "unanswered (no command within BRIDGE_LOCAL_AFTER); default unanswered with an "
+        "allow file, else always",
+    )
+    local_after: float = Field(
+        1.5,
+        gt=0,
+        le=60,
+        description="seconds a read waits for a command before its local answer (unanswered)",
+    )
+
     ha_discovery: bool = Field(True, description="publish Home Assistant MQTT discovery configs")
     ha_discovery_prefix: str = Field(
         "homeassistant", description="Home Assistant's discovery prefix"
@@ -233,7 +258,9 @@ class Settings(BaseSettings):
         "text", description="text (human-readable) or json (one object per line)"
     )
 
-    @field_validator("log_level", "log_format", "command_delimiter", mode="before")
+    @field_validator(
+        "log_level", "log_format", "command_delimiter", "local_reply", "local_when", mode="before"
+    )
     @classmethod
     def _fold_case(cls, value: object) -> object:
         if not isinstance(value, str):
@@ -276,7 +303,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "readers_file"
+        "mqtt_password_file",
+        "mqtt_ca_file",
+        "mqtt_cert_file",
+        "mqtt_key_file",
+        "readers_file",
+        "local_allow_file",
     )
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
@@ -388,6 +420,32 @@ class Settings(BaseSettings):
         with Home Assistant discovery (whose tag scanner and triggers use it) or when asked."""
         return self.live_max_age if self.ha_discovery or self.live_topic else None
 
+    def local(self) -> LocalOptions | None:
+        """The local answers, or ``None`` when neither BRIDGE_LOCAL_REPLY nor
+        BRIDGE_LOCAL_ALLOW_FILE asks for them; the allow file is read once here, so that a
+        bad one stops the start (later, a bad one keeps the last good list)."""
+        reply = None if self.local_reply == "off" else self.local_reply
+        allow = self.local_allow_file
+        if reply is None and allow is None:
+            return None
+        lines = []
+        if reply is not None and allow is not None:
+            lines.append(
+                "BRIDGE_LOCAL_REPLY: set together with BRIDGE_LOCAL_ALLOW_FILE; choose one: "
+                "the same answer for every read, or the allow file's accept and deny"
+            )
+        if "Sequence" not in self.commands().allowed_fields:
+            lines.append(
+                "BRIDGE_COMMAND_FIELDS: must include Sequence for the local answers "
+                "(BRIDGE_LOCAL_REPLY / BRIDGE_LOCAL_ALLOW_FILE)"
+            )
+        if allow is not None and (problem := allow_file_problem(allow)):
+            lines.append(f"BRIDGE_LOCAL_ALLOW_FILE: {problem}")
+        if lines:
+            raise ConfigError(lines)
+        when = self.local_when or ("always" if allow is None else "unanswered")
+        return LocalOptions(reply, allow, when, self.local_after)
+
     def _password(self) -> Secret | None:
         problems = self._credential_problems()
         if problems:
@@ -435,7 +493,7 @@ class Settings(BaseSettings):
         """Raise :class:`ConfigError` listing every problem that stops ``run`` (and ``check``),
         the TLS files included: each is loaded as the connection will load it."""
         lines: list[str] = []
-        for build in (self.reader, self._tls_context, self.commands):
+        for build in (self.reader, self._tls_context, self.commands, self.local):
             try:
                 build()
             except ConfigError as exc:
@@ -472,6 +530,7 @@ class Settings(BaseSettings):
             live_max_age=self.live_max_age_or_none(),
             log_level=self.log_level,
             log_format=self.log_format,
+            local=self.local(),
         )
 
 
@@ -490,6 +549,20 @@ class RunSettings(Settings):
                 "name (or BRIDGE_READERS_FILE, to bridge a fleet of readers)"
             )
         return value
+
+
+def allow_file_problem(path: Path) -> str | None:
+    """Why the allow file at ``path`` cannot be used, or ``None``. Its contents are never
+    quoted: it says who may enter."""
+    try:
+        parse_allow_list(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"{path} is not UTF-8 text"
+    except AllowListError as exc:
+        return f"{path}: {exc}"
+    return None
 
 
 def default_state_dir() -> Path:

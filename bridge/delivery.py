@@ -41,6 +41,10 @@ class Delivery:
         :meth:`commit` makes them durable (once per loop turn: a group commit)."""
         self._outbox.put_many(events)
 
+    def next_seq(self) -> int:
+        """The ``seq`` the next event put gets (consecutive for the events of one put)."""
+        return self._outbox.next_seq()
+
     def commit(self) -> None:
         self._outbox.commit()
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from bridge import logs
+from bridge.answerer import AllowFiles
 from bridge.loops import Fatal
 from bridge.mqtt import Sweep
 from bridge.options import BridgeOptions, ConfigError, OutboxOptions
@@ -86,6 +87,7 @@ class Fleet:
         self._on_fatal = on_fatal
         self._isolate = isolate
         self._stopping = False
+        self._allow = AllowFiles()  # readers naming one allow file share its list
         try:
             self._shared = None if shared is None else SharedOutboxes(shared)
         except SpoolError as exc:
@@ -122,7 +124,9 @@ class Fleet:
             outbox = open_outbox(options.outbox)
         else:
             outbox = self._shared.outbox(device)
-        session = Session(options, self._sweep, lambda name: self._failed(device, name), outbox)
+        session = Session(
+            options, self._sweep, lambda name: self._failed(device, name), outbox, self._allow
+        )
         self.sessions[device] = session
         session.start()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridge.discovery import Discovery
+from bridge.local import When
 from bridge.topics import Identity, Topics
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -80,6 +81,17 @@ class CommandOptions:
 
 
 @dataclass(frozen=True)
+class LocalOptions:
+    """Answers at the edge (README, When the broker is down): a fixed ``reply`` or an allow
+    file's accept/deny, sent ``when`` the mode says."""
+
+    reply: str | None  # accept, deny or wink; None: the allow file decides
+    allow_file: Path | None
+    when: When
+    after: float  # seconds a read waits for a command (when = unanswered)
+
+
+@dataclass(frozen=True)
 class MqttOptions:
     host: str
     port: int
@@ -129,6 +141,7 @@ class BridgeOptions:
     live_max_age: float | None  # None: no bridge/live topic; else its age limit, seconds
     log_level: LogLevel
     log_format: LogFormat
+    local: LocalOptions | None = None  # None: the bridge never answers a read itself
 
     def with_outbox(self, outbox: OutboxOptions) -> BridgeOptions:
         return replace(self, outbox=outbox)

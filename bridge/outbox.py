@@ -47,6 +47,7 @@ class Outbox(Protocol):
     durable: bool  # held on disk: survives a crash of the bridge
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None: ...
+    def next_seq(self) -> int: ...
     def take(self) -> Pending | None: ...
     def give_back(self, item: Pending) -> None: ...
     def ack(self, item: Pending) -> None: ...
@@ -202,6 +203,10 @@ class MemoryOutbox(Bounds):
             self._queue.append(Pending(self._seq, payload, received_at))
             self._bytes += len(payload) + MEMORY_OVERHEAD
         self._make_room()
+
+    def next_seq(self) -> int:
+        """The ``seq`` the next event put gets."""
+        return self._seq + 1
 
     def drop_oldest(self, target: int) -> None:
         dropped = 0

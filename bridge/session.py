@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from bridge.answerer import AllowFiles, Answerer
 from bridge.delivery import Delivery
 from bridge.logs import Throttle
 from bridge.loops import Fatal, watched_task
-from bridge.mqtt import MqttLink, Result, Sweep
+from bridge.mqtt import LocalResult, MqttLink, Result, Sweep
 from bridge.options import BridgeOptions, ConfigError, OutboxOptions
 from bridge.outbox import MemoryOutbox, Outbox
 from bridge.protocol import Frame, Skipped
@@ -40,15 +41,18 @@ class EventPublisher(Protocol):
     """What the event path hands frames and link changes to (the MQTT link)."""
 
     def publish_events(self, events: list[tuple[bytes, float]]) -> None: ...
+    def next_seq(self) -> int: ...
     def set_reader_up(self, up: bool) -> None: ...
 
 
 class EventPath:
     """What the reader link reads, on its way to MQTT: frames stamped with the time they
-    were read, garbage logged (throttled), the link's state passed on."""
+    were read, shown to the answerer first (if the bridge answers reads itself), garbage
+    logged (throttled), the link's state passed on."""
 
-    def __init__(self, publisher: EventPublisher) -> None:
+    def __init__(self, publisher: EventPublisher, answerer: Answerer | None = None) -> None:
         self._publisher = publisher
+        self.answerer = answerer
         self._garbage = Throttle(log)
 
     def frames(self, frames: list[Frame]) -> None:
@@ -56,6 +60,8 @@ class EventPath:
         if log.isEnabledFor(logging.DEBUG):
             for frame in frames:
                 log.debug("event %s", frame.payload[:200].decode("utf-8", "replace"))
+        if self.answerer is not None:
+            self.answerer.reads(frames, self._publisher.next_seq())
         self._publisher.publish_events([(frame.payload, now) for frame in frames])
 
     def skipped(self, skipped: Skipped) -> None:
@@ -87,10 +93,16 @@ class Session:
     """One reader, bridged. Build it in the running loop; :meth:`start`, then :meth:`stop`."""
 
     def __init__(
-        self, options: BridgeOptions, sweep: Sweep, on_fatal: Fatal, outbox: Outbox | None = None
+        self,
+        options: BridgeOptions,
+        sweep: Sweep,
+        on_fatal: Fatal,
+        outbox: Outbox | None = None,
+        allow_files: AllowFiles | None = None,
     ) -> None:
         """``outbox``: a fleet's reader gets one in the fleet's shared spool; else the
-        session opens its own (``ConfigError`` if the spool cannot be used)."""
+        session opens its own (``ConfigError`` if the spool cannot be used). ``allow_files``:
+        the allow files a fleet's readers share."""
         self.options = options
         self.topics = options.topics
         self._on_fatal = on_fatal
@@ -99,11 +111,17 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         outbox = open_outbox(options.outbox) if outbox is None else outbox
         self.delivery = Delivery(outbox, options.topics.event)
-        self.reader = ReaderLink(options.reader, EventPath(self))
+        events = EventPath(self)
+        self.reader = ReaderLink(options.reader, events)
         self.commands = CommandWorker(options.commands, self.reader, self, self.topics.command)
         self.mqtt = MqttLink(
             options, self.commands, self.delivery, sweep=sweep, on_fatal=self._fatal
         )
+        self.answerer = None
+        if options.local is not None:
+            self.answerer = Answerer(options.local, self.commands, self, allow_files)
+            self.commands.on_reached = self.answerer.command_reached
+            events.answerer = self.answerer
 
     def _fatal(self, name: str) -> None:
         if name not in self.dead:
@@ -115,10 +133,20 @@ class Session:
     def publish_events(self, events: list[tuple[bytes, float]]) -> None:
         self.mqtt.publish_events(events)
 
+    def next_seq(self) -> int:
+        return self.delivery.next_seq()
+
+    @property
+    def is_connected(self) -> bool:
+        return self.mqtt.is_connected
+
+    def note_reply(self, seq: int, word: str) -> None:
+        self.mqtt.outgoing.note_reply(seq, word)
+
     def set_reader_up(self, up: bool) -> None:
         self.mqtt.set_reader_up(up)
 
-    def publish_result(self, result: Result) -> None:
+    def publish_result(self, result: Result | LocalResult) -> None:
         self.mqtt.publish_result(result)
 
     # -- life cycle ------------------------------------------------------------------------
@@ -155,6 +183,8 @@ class Session:
         """Stop reading, drop waiting commands, deliver what is pending, publish ``offline``."""
         self._stopping = True
         self.reader.stop()
+        if self.answerer is not None:
+            self.answerer.close()
         reader, commands = self._tasks or (None, None)
         if commands is not None:
             commands.cancel()
@@ -168,6 +198,8 @@ class Session:
         to the broker (its last will says ``offline,dead``)."""
         self._stopping = True
         self.reader.stop()
+        if self.answerer is not None:
+            self.answerer.close()
         for task in self._tasks:
             task.cancel()
         self.mqtt.abort()

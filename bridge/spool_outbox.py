@@ -127,6 +127,10 @@ class SpoolOutbox(Bounds):
                 self._window_complete = False
         self._make_room()
 
+    def next_seq(self) -> int:
+        """The ``seq`` the next event put gets."""
+        return self._seq + 1
+
     def commit(self) -> None:
         """The loop turn's commit (``bridge.upkeep``): at once, or - for a fleet's reader -
         joined to the shared spool's group commit (:class:`CommitGroup`)."""

@@ -13,12 +13,15 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.commands import Command, CommandError, RateLimit, parse_command
 from bridge.logs import Throttle
+from bridge.mqtt import LocalResult, Result
 from bridge.mqtt.incoming import IncomingCommand
-from bridge.mqtt.outgoing import Result
 from bridge.options import CommandOptions
 from bridge.reader import CommandNotSentError
 
@@ -37,7 +40,19 @@ class CommandSender(Protocol):
 
 
 class ResultSink(Protocol):
-    def publish_result(self, result: Result) -> None: ...
+    def publish_result(self, result: Result | LocalResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalAnswer:
+    """A read the bridge answers itself (``bridge.answerer``): sent like any command (its
+    fields allowed, the gap kept, never late), but not counted by the rate limit."""
+
+    word: str  # accept, deny or wink
+    tag: str | None  # the read's TagId, for the result
+    read_at: float  # time.monotonic() when the read was read
+    decided: float  # time.monotonic(): the command timeout counts from here
+    unless_answered: bool  # dropped if a command from MQTT reached the reader since the read
 
 
 def transaction_of(payload: bytes) -> object:
@@ -78,13 +93,15 @@ class CommandWorker:
         self._sender = sender
         self._results = results
         self._topic = topic
-        self._queue: asyncio.Queue[IncomingCommand] = asyncio.Queue(COMMAND_QUEUE)
+        self._queue: asyncio.Queue[IncomingCommand | LocalAnswer] = asyncio.Queue(COMMAND_QUEUE)
         self._limit = RateLimit(options.rate, options.burst)
         self._retained_seen: set[bytes] = set()  # digests of retained payloads logged once
         self._throttle = Throttle(log)
         self.sent = 0
         self.refused = 0
         self.expired = 0
+        self.last_reached = float("-inf")  # time.monotonic(): a command from MQTT was written
+        self.on_reached: Callable[[float], None] = lambda at: None  # told of each such write
 
     def submit(self, incoming: IncomingCommand) -> None:
         """From the MQTT link, as the message arrives: never blocks."""
@@ -94,6 +111,13 @@ class CommandWorker:
             transaction = transaction_of(incoming.payload)
             self._reply(incoming, transaction, error="too many commands waiting; dropped")
 
+    def submit_local(self, answer: LocalAnswer) -> None:
+        """From the answerer, as the read arrives: never blocks."""
+        try:
+            self._queue.put_nowait(answer)
+        except asyncio.QueueFull:
+            self._answered(answer, error="too many commands waiting; dropped")
+
     async def run(self) -> None:
         while True:
             incoming = await self._queue.get()
@@ -102,15 +126,46 @@ class CommandWorker:
             except Exception:  # a bug with one command must not silence the next ones
                 log.exception("command handling failed")
 
-    async def handle(self, incoming: IncomingCommand) -> None:
+    async def handle(self, incoming: IncomingCommand | LocalAnswer) -> None:
+        if isinstance(incoming, LocalAnswer):
+            await self._answer(incoming)
+            return
         if incoming.retained:
             self._refuse_retained(incoming)
             return
         command = self._check(incoming)
         if command is None:
             return
-        deadline = incoming.received + self.options.timeout
+        problem = await self._send(command, incoming.received)
+        if problem is not None:
+            self._reply(incoming, command.transaction, error=problem)
+            return
+        self.last_reached = time.monotonic()
+        self.on_reached(self.last_reached)
+        log.info("command sent to the reader: %s", command.encode().decode())
+        self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
+
+    async def _answer(self, answer: LocalAnswer) -> None:
+        """A local answer: validated like a command from MQTT (BRIDGE_COMMAND_FIELDS)."""
+        if answer.unless_answered and self.last_reached >= answer.read_at:
+            return  # answered from MQTT while it waited here
+        try:
+            command = parse_command(answer.word.encode(), self.options.allowed_fields)
+        except CommandError as exc:  # the settings check rules this out; say it if not
+            self._answered(answer, error=str(exc))
+            return
+        problem = await self._send(command, answer.decided)
+        if problem is not None:
+            self._answered(answer, error=problem)
+            return
+        log.info("local answer sent to the reader: %s", answer.word)
+        self._answered(answer, sent=dict(command.as_dict()))
+
+    async def _send(self, command: Command, since: float) -> str | None:
+        """Write ``command`` within the command timeout from ``since`` (monotonic), keeping
+        the gap; the error for its result if that cannot be done."""
         data = command.encode()
+        deadline = since + self.options.timeout
         try:
             await self._sender.send(data + self.options.delimiter, deadline, self.options.gap)
         except CommandNotSentError as exc:
@@ -120,11 +175,9 @@ class CommandWorker:
                 "dropped so that it cannot run late"
             )
             log.warning("command %s %s", data.decode(), message)
-            self._reply(incoming, command.transaction, error=message)
-            return
+            return message
         self.sent += 1
-        log.info("command sent to the reader: %s", data.decode())
-        self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
+        return None
 
     def _check(self, incoming: IncomingCommand) -> Command | None:
         """The command to send, or ``None`` after its refusal was answered."""
@@ -176,3 +229,12 @@ class CommandWorker:
         error: str | None = None,
     ) -> None:
         self._results.publish_result(result_of(incoming, transaction, sent=sent, error=error))
+
+    def _answered(
+        self,
+        answer: LocalAnswer,
+        *,
+        sent: dict[str, object] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._results.publish_result(LocalResult(answer.tag, time.time(), sent, error))

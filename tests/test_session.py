@@ -21,6 +21,9 @@ class FakePublisher:
     def publish_events(self, events: list[tuple[bytes, float]]) -> None:
         self.batches.append(events)
 
+    def next_seq(self) -> int:
+        return 1 + sum(len(batch) for batch in self.batches)
+
     def set_reader_up(self, up: bool) -> None:
         self.states.append(up)
 

@@ -16,10 +16,10 @@ import pytest
 
 from bridge.commands import FIELDS
 from bridge.mqtt.incoming import IncomingCommand
-from bridge.mqtt.outgoing import Result
+from bridge.mqtt.outgoing import LocalResult, Result
 from bridge.options import CommandOptions
 from bridge.reader import CommandNotSentError
-from bridge.worker import CommandWorker
+from bridge.worker import CommandWorker, LocalAnswer
 
 OPTIONS = CommandOptions(
     timeout=2.0,
@@ -46,13 +46,13 @@ class FakeSender:
 
 class FakeResults:
     def __init__(self) -> None:
-        self.results: list[Result] = []
+        self.results: list[Result | LocalResult] = []
 
-    def publish_result(self, result: Result) -> None:
+    def publish_result(self, result: Result | LocalResult) -> None:
         self.results.append(result)
 
-    def bodies(self) -> list[dict[str, object]]:
-        return [json.loads(result.payload) for result in self.results]
+    def bodies(self, connected_since: float = 0.0) -> list[dict[str, object]]:
+        return [json.loads(result.encode(connected_since)) for result in self.results]
 
 
 def command(
@@ -67,7 +67,7 @@ def command(
     )
 
 
-def handle(worker: CommandWorker, *commands: IncomingCommand) -> None:
+def handle(worker: CommandWorker, *commands: IncomingCommand | LocalAnswer) -> None:
     async def run() -> None:
         for incoming in commands:
             await worker.handle(incoming)
@@ -174,3 +174,71 @@ def test_commands_are_handled_one_at_a_time_in_arrival_order():
         b'{"Sequence":"60"}\r\n',
         b'{"Sequence":"61"}\r\n',
     ]
+
+
+# -- local answers (README, When the broker is down) ----------------------------------------
+
+
+def local(
+    word: str = "accept", *, read_at: float | None = None, unless: bool = False
+) -> LocalAnswer:
+    now = time.monotonic()
+    return LocalAnswer(word, "04A1", now if read_at is None else read_at, now, unless)
+
+
+def test_a_local_answer_is_sent_with_the_gap_and_deadline_and_reported_as_local():
+    worker, sender, results = make()
+    answer = local()
+    handle(worker, answer)
+    assert sender.sent == [(b'{"Sequence":"60"}\r\n', answer.decided + 2.0, 0.0)]
+    (result,) = results.results
+    assert result.response_topic is None
+    assert results.bodies() == [
+        {"ok": True, "local": True, "late": False, "tag": "04A1", "sent": {"Sequence": "60"}}
+    ]
+    assert results.bodies(connected_since=time.time() + 1)[0]["late"] is True  # held: late
+
+
+def test_local_answers_are_not_counted_by_the_rate_limit():
+    worker, sender, results = make(
+        CommandOptions(2.0, 0.0, b"", frozenset(FIELDS), rate=1.0, burst=1)
+    )
+    handle(worker, local(), local("deny"), local("wink"), command(b"accept"))
+    assert [data for data, _, _ in sender.sent] == [
+        b'{"Sequence":"60"}',
+        b'{"Sequence":"61"}',
+        b'{"Sequence":"0E"}',
+        b'{"Sequence":"60"}',
+    ]
+    assert [body["ok"] for body in results.bodies()] == [True] * 4
+
+
+def test_a_waiting_local_answer_is_dropped_once_a_command_from_mqtt_reached_the_reader():
+    worker, sender, results = make()
+    reached: list[float] = []
+    worker.on_reached = reached.append
+    read_at = time.monotonic()
+    handle(worker, command(b"deny"), local(read_at=read_at, unless=True))
+    assert [data for data, _, _ in sender.sent] == [b'{"Sequence":"61"}\r\n']
+    assert len(reached) == 1
+    assert reached[0] >= read_at
+    assert [body.get("local") for body in results.bodies()] == [None]  # one result: MQTT's
+
+
+def test_a_local_answer_that_cannot_reach_the_reader_in_time_is_dropped_and_reported():
+    worker, sender, results = make()
+    sender.failure = "the reader link is down (connection refused)"
+    handle(worker, local())
+    (body,) = results.bodies()
+    assert body["ok"] is False
+    assert body["local"] is True
+    assert body["tag"] == "04A1"
+    assert "cannot run late" in str(body["error"])
+    assert worker.last_reached == float("-inf")  # a local answer is not a central one
+
+
+def test_a_local_answer_with_sequence_not_allowed_is_refused_not_sent():
+    worker, sender, results = make(CommandOptions(2.0, 0.0, b"", frozenset({"Leds"}), 0, 10))
+    handle(worker, local())
+    assert sender.sent == []
+    assert results.bodies()[0]["ok"] is False

@@ -10,11 +10,12 @@ from bridge.mqtt.client import describe_connect_error, new_client, publish_once
 from bridge.mqtt.driver import Sweep
 from bridge.mqtt.incoming import CommandSink, IncomingCommand
 from bridge.mqtt.link import MqttLink
-from bridge.mqtt.outgoing import Result
+from bridge.mqtt.outgoing import LocalResult, Result
 
 __all__ = [
     "CommandSink",
     "IncomingCommand",
+    "LocalResult",
     "MqttLink",
     "Result",
     "Sweep",

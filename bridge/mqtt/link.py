@@ -38,7 +38,7 @@ from bridge.loops import Fatal
 from bridge.mqtt.client import Client, new_client, new_properties
 from bridge.mqtt.driver import Driver, Sweep
 from bridge.mqtt.incoming import CommandSink, incoming_command
-from bridge.mqtt.outgoing import Outgoing, Result
+from bridge.mqtt.outgoing import LocalResult, Outgoing, Result
 from bridge.mqtt.watch import ConnectionWatch
 from bridge.options import BridgeOptions
 from bridge.topics import STATE_DEAD, STATE_OFFLINE, status_payload
@@ -166,7 +166,7 @@ class MqttLink:
         self.outgoing.pump()
         self._upkeep.written()
 
-    def publish_result(self, result: Result) -> None:
+    def publish_result(self, result: Result | LocalResult) -> None:
         self.outgoing.add_result(result)
 
     def set_reader_up(self, up: bool) -> None:

@@ -11,6 +11,7 @@ something to send (a read, a result, room in the window, a new connection).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -35,6 +36,10 @@ RESULTS_KEPT = 1000
 """Results waiting for the broker at most: nobody reads results that old."""
 
 
+REPLIES_KEPT = 10_000
+"""Local answers remembered for events not yet published, at most (their ``local_reply``)."""
+
+
 @dataclass(frozen=True)
 class Result:
     """A command's result, and where else it goes (MQTT v5 request/response)."""
@@ -42,6 +47,36 @@ class Result:
     payload: bytes
     response_topic: str | None = None
     correlation: bytes | None = None
+
+    def encode(self, connected_since: float) -> bytes:
+        return self.payload
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """A local answer's result (README, When the broker is down): ``late`` when it is
+    published on a later broker connection than the one up when it was made, so it is
+    written only then."""
+
+    tag: str | None
+    made_at: float  # time.time()
+    sent: dict[str, object] | None = None
+    error: str | None = None
+    response_topic: str | None = None  # never: nobody asked
+    correlation: bytes | None = None
+
+    def encode(self, connected_since: float) -> bytes:
+        body: dict[str, object] = {
+            "ok": self.error is None,
+            "local": True,
+            "late": self.made_at < connected_since,
+            "tag": self.tag,
+        }
+        if self.error is None:
+            body["sent"] = self.sent
+        else:
+            body["error"] = self.error
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 class Outgoing:
@@ -60,7 +95,9 @@ class Outgoing:
         self.connected_since = 0.0  # time.time(): events read before it were held ("late")
         self.connection = 0  # connections so far (Delivery's barrier after each reconnection)
         self.reader_up = False
-        self.results: deque[Result] = deque(maxlen=RESULTS_KEPT)
+        self.results: deque[Result | LocalResult] = deque(maxlen=RESULTS_KEPT)
+        self.replies: dict[int, str] = {}  # seq -> the local answer to its event
+        self._last_seq = 0  # the highest event seq handed to paho
         self.written: Callable[[], None] = lambda: None  # write what was published, now
         self._announce = False  # meta, status and discovery are due (a new connection)
         self._status_due = False  # status is due (the reader link changed)
@@ -88,9 +125,18 @@ class Outgoing:
             self._status_due = True
             self.pump()
 
-    def add_result(self, result: Result) -> None:
+    def add_result(self, result: Result | LocalResult) -> None:
         self.results.append(result)
         self.pump()
+
+    def note_reply(self, seq: int, word: str) -> None:
+        """Event ``seq`` was answered locally with ``word``: its ``local_reply`` user property,
+        if it is not published yet (with ``unanswered`` it usually is)."""
+        if seq <= self._last_seq or not self._v5:
+            return
+        if len(self.replies) >= REPLIES_KEPT:  # their events were dropped (the byte bound)
+            del self.replies[next(iter(self.replies))]
+        self.replies[seq] = word
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -146,15 +192,16 @@ class Outgoing:
             info = self._client.publish(topic, payload, qos=1, retain=True)
             self._delivery.record(info.mid, None)
 
-    def _publish_result(self, result: Result) -> None:
-        info = self._client.publish(self._topics.result, result.payload, qos=1)
+    def _publish_result(self, result: Result | LocalResult) -> None:
+        payload = result.encode(self.connected_since)
+        info = self._client.publish(self._topics.result, payload, qos=1)
         self._delivery.record(info.mid, None)
         if result.response_topic and self._v5:
             properties = new_properties(PacketTypes.PUBLISH)
             if result.correlation is not None:
                 properties.CorrelationData = result.correlation
             info = self._client.publish(
-                result.response_topic, result.payload, qos=1, properties=properties
+                result.response_topic, payload, qos=1, properties=properties
             )
             self._delivery.record(info.mid, None)
 
@@ -173,7 +220,10 @@ class Outgoing:
                 user.append(("late", "true"))
             if item.late or age > AGE_MARK:
                 user.append(("age_ms", str(max(0, int(age * 1000)))))
+            if self.replies and (reply := self.replies.pop(item.seq, None)):
+                user.append(("local_reply", reply))
             properties = UserProperties(user)
+        self._last_seq = item.seq  # events go out in seq order
         topics, qos = self._topics, self.qos
         info = self._client.publish(topics.event, item.payload, qos, properties=properties)
         if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
