@@ -426,3 +426,45 @@ def test_pure_modules_import_no_socket_and_no_paho():
         "print(sorted(m for m in sys.modules if m == 'socket' or m.split('.')[0] == 'paho'))"
     )
     assert run_fresh(probe) == "[]"
+
+
+# -- answers at the edge (README, When the broker is down) ----------------------------------
+
+
+def test_local_answers_default_to_always_with_a_reply_and_unanswered_with_an_allow_file(
+    tmp_path: Path,
+):
+    allowed = tmp_path / "allowed"
+    allowed.write_text("04A1\n")
+    assert settings(reader_host="r").local() is None
+    reply = settings(reader_host="r", local_reply="ACCEPT").local()
+    assert reply is not None
+    assert (reply.reply, reply.when, reply.after) == ("accept", "always", 1.5)
+    allow = settings(reader_host="r", local_allow_file=allowed).local()
+    assert allow is not None
+    assert (allow.reply, allow.allow_file, allow.when) == (None, allowed, "unanswered")
+
+
+def test_a_local_reply_with_an_allow_file_or_without_sequence_is_a_start_up_error(tmp_path: Path):
+    allowed = tmp_path / "allowed"
+    allowed.write_text("04A1\n")
+    lines = problems(
+        reader_host="r", local_reply="deny", local_allow_file=allowed, command_fields="Leds"
+    )
+    assert lines[0].startswith("BRIDGE_LOCAL_REPLY: set together with BRIDGE_LOCAL_ALLOW_FILE")
+    assert lines[1].startswith("BRIDGE_COMMAND_FIELDS: must include Sequence")
+
+
+def test_a_bad_allow_file_stops_the_start_naming_lines_not_their_contents(tmp_path: Path):
+    allowed = tmp_path / "allowed"
+    allowed.write_bytes(b"04A1\nmrs-smith\n")
+    assert problems(reader_host="r", local_allow_file=allowed) == [
+        f"BRIDGE_LOCAL_ALLOW_FILE: {allowed}: line 2: not a tag id (hex digits expected)"
+    ]
+    allowed.write_bytes(b"04A1\n\xff\n")
+    assert problems(reader_host="r", local_allow_file=allowed) == [
+        f"BRIDGE_LOCAL_ALLOW_FILE: {allowed} is not UTF-8 text"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        settings(reader_host="r", local_allow_file=tmp_path / "missing")
+    assert caught.value.lines[0].startswith("BRIDGE_LOCAL_ALLOW_FILE: must name a readable file")

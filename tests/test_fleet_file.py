@@ -308,3 +308,39 @@ def test_a_fleets_readers_share_one_transaction_per_group_commit(tmp_path: Path)
         return before, after, deleted
 
     assert asyncio.run(scenario()) == (0, 6, 3)
+
+
+# -- answers at the edge, per reader -------------------------------------------------------
+
+
+def test_local_answers_are_per_reader_keys_checked_like_the_others(
+    tmp_path: Path, clean_env: Path
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.write_text("04A1\n")
+    path = fleet_file(
+        tmp_path,
+        '[defaults]\nlocal_when = "offline"\n'
+        f'[[reader]]\nreader_host = "10.0.0.1"\nlocal_allow_file = "{allowed}"\n'
+        '[[reader]]\nreader_host = "10.0.0.2"\nlocal_reply = "wink"\nlocal_after = 0.5\n'
+        '[[reader]]\nreader_host = "10.0.0.3"\nlocal_when = "always"\n',
+    )
+    first, second, third = (
+        r.options.local for r in load_fleet(load_settings(None, readers_file=path))
+    )
+    assert first is not None
+    assert (first.reply, first.allow_file, first.when) == (None, allowed, "offline")
+    assert second is not None
+    assert (second.reply, second.when, second.after) == ("wink", "offline", 0.5)
+    assert third is None  # a when without an answer: nothing to send
+    allowed.write_text("04A1\nnot a tag\n")
+    lines = problems(
+        tmp_path,
+        '[[reader]]\nreader_host = "10.0.0.1"\ndevice_id = "door"\n'
+        f'local_allow_file = "{allowed}"\n'
+        '[[reader]]\nreader_host = "10.0.0.2"\nlocal_reply = "wink"\n'
+        f'local_allow_file = "{allowed}"\nlocal_when = "never"\n',
+    )
+    why = "line 2: not a tag id (hex digits expected)"
+    assert lines[0] == f"[[reader]] #1 (door): local_allow_file: {allowed}: {why}"
+    assert any(line.startswith("[[reader]] #2 (10.0.0.2): local_when: ") for line in lines)
