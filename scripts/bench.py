@@ -5,7 +5,8 @@
 minutes; its phases are shorter than the issue asks), ``--seconds S`` (every phase S seconds),
 ``--idle-seconds S`` (the idle and the 1 event/s windows, 60 s in the full run), ``--runs N``
 (all of it N times), ``--only idle`` (the idle and 1 event/s phases alone, about 2 minutes a
-run), ``--skip-million``, ``--json out.json``. Not a pytest test
+run), ``--skip-million``, ``--json out.json``; ``--local`` compares the bridge with itself
+answering every read (``BRIDGE_LOCAL_REPLY=accept``) and times the answers. Not a pytest test
 (``tests/test_bench.py`` only checks that a very short run produces every figure).
 
 It starts, in a temporary work directory of its own:
@@ -119,6 +120,7 @@ from benchlib.fleet_bare import run_fleet_bare
 from benchlib.fleet_report import build_fleet_report, print_fleet
 from benchlib.fleet_rig import FleetRig
 from benchlib.fleet_run import measure_fleet
+from benchlib.local import local_report, measure_local, print_local
 from benchlib.plan import BURST, make_plan
 from benchlib.report import build_report
 from benchlib.rig import Rig
@@ -153,6 +155,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="idle: only the idle and 1 event/s phases (with --runs: issue 11's before/after); "
         "latency: only the event latency phases",
     )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="the event path with local answers on (BRIDGE_LOCAL_REPLY=accept) against the "
+        "same bridge without them, and the answers' latency (README, When the broker is down)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
@@ -182,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.fleet is not None and args.fleet < 1:
         parser.error("--fleet needs 1 reader or more")
+    if args.local and (args.fleet is not None or args.only):
+        parser.error("--local takes neither --fleet nor --only")
     if args.fleet is not None and (args.only or args.paho_subscriber):
         parser.error("--fleet takes neither --only nor --paho-subscriber")
     if args.fleet_processes is not None and (args.fleet is None or args.fleet_processes < 1):
@@ -211,6 +221,10 @@ def _measure(rig: Rig | FleetRig) -> dict[str, Any]:
         fleet_runs = [measure_fleet(rig, number) for number in range(1, rig.plan.runs + 1)]
         report = build_fleet_report(rig, fleet_runs)
         print_fleet(report)
+    elif rig.args.local:
+        local_runs = [measure_local(rig, number) for number in range(1, rig.plan.runs + 1)]
+        report = local_report(rig, local_runs)
+        print_local(report)
     else:
         runs = [measure(rig, number) for number in range(1, rig.plan.runs + 1)]
         report = build_report(rig, runs)

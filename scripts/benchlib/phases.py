@@ -12,11 +12,11 @@ from benchlib.event import COMMAND
 from benchlib.meter import Meter
 from benchlib.rig import MAX_BATCH, Record, Rig
 from benchlib.stats import ms, percentile
-from benchlib.system import Sut
+from benchlib.system import KINDS, Kind, Sut
 
 
-def latency_phase(rig: Rig, rate: float, seconds: float) -> None:
-    pairs = [rig.sut("bridge", 1), rig.sut("baseline", 1)]
+def latency_phase(rig: Rig, rate: float, seconds: float, kinds: tuple[Kind, ...] = KINDS) -> None:
+    pairs = [rig.sut(kind, 1) for kind in kinds]
     groups = [pairs] if rate <= 10 else [[pairs[0]], [pairs[1]]]
     for group in groups:
         phases = [

@@ -20,7 +20,7 @@ from benchlib.event import PREFIX, render_batch
 from benchlib.plan import Plan
 from benchlib.recorder import Phase, Recorder
 from benchlib.stats import ms, percentile
-from benchlib.system import KINDS, Broker, Kind, Sut, git_state
+from benchlib.system import KINDS, LOCAL_KINDS, Broker, Kind, Sut, git_state
 from harness import has_schedstat  # scripts/harness.py
 
 WINDOW: Final = 2000
@@ -73,9 +73,10 @@ class Rig:
         (VmHWM) or what its overload left queued."""
         self.records, self.rss_ready = [], {}
         # QoS 0 runs the throughput phase only
-        levels = (1,) if self.plan.only in ("idle", "latency") else (1, 0)
+        levels = (1,) if self.plan.only in ("idle", "latency") or self.args.local else (1, 0)
+        kinds = LOCAL_KINDS if self.args.local else KINDS
         self.suts = [
-            Sut(kind, qos, self.broker.port, self.workdir, run) for kind in KINDS for qos in levels
+            Sut(kind, qos, self.broker.port, self.workdir, run) for kind in kinds for qos in levels
         ]
         for sut in self.suts:
             self.wait_ready(sut)

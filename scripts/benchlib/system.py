@@ -27,8 +27,11 @@ from harness import (  # scripts/harness.py
 REPO: Final = Path(__file__).resolve().parents[2]
 BENCH: Final = REPO / "scripts" / "bench.py"
 
-Kind = Literal["bridge", "baseline"]
+Kind = Literal["bridge", "baseline", "local"]
 KINDS: Final[tuple[Kind, Kind]] = ("bridge", "baseline")
+LOCAL_KINDS: Final[tuple[Kind, Kind]] = ("bridge", "local")
+"""``--local``: the bridge, and the bridge answering every read itself (BRIDGE_LOCAL_REPLY)."""
+DEVICES: Final[dict[Kind, str]] = {"bridge": "bench", "baseline": "bare", "local": "bench-local"}
 
 
 def mosquitto_binary() -> str:
@@ -96,13 +99,13 @@ class Sut:
         self.kind = kind
         self.qos = qos
         self.run = run
-        self.device = ("bench" if kind == "bridge" else "bare") + ("-q0" if qos == 0 else "")
+        self.device = DEVICES[kind] + ("-q0" if qos == 0 else "")
         self.name = f"{kind} (QoS {qos})"
         self.event_topic = f"{PREFIX}/{self.device}/rdr/evt"
         self.command_topic = f"{PREFIX}/{self.device}/rdr/cmd"
         self.reader = ReaderDouble()
         self.log = workdir / f"{self.device}.log"
-        if kind == "bridge":
+        if kind != "baseline":
             command = [sys.executable, "-m", "bridge", "run"]
             env = self._bridge_env(broker_port, workdir)
         else:
@@ -139,6 +142,7 @@ class Sut:
             BRIDGE_READER_PORT=str(self.reader.port),
             BRIDGE_DEVICE_ID=self.device,
             BRIDGE_SPOOL_PATH=str(workdir / spool),
+            BRIDGE_LOCAL_REPLY="accept" if self.kind == "local" else "off",
         )
 
     def alive(self) -> bool:
