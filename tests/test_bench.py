@@ -3,8 +3,9 @@
 A smoke test of the benchmark itself, with every phase one or two seconds long and without the
 1,000,000-event run: the figures are meaningless at that length, only their presence is checked;
 then ``--only idle --runs 2``; then a fleet of five readers (``--fleet 5``, two one-reader
-processes beside it), every reader's events complete; and the parts that decide a figure: the
-sustained-rate search, the schedstat clock, the medians of several runs.
+processes beside it), every reader's events complete; then ``--local`` (local answers on and
+off); and the parts that decide a figure: the sustained-rate search, the schedstat clock, the
+medians of several runs.
 """
 
 from __future__ import annotations
@@ -157,6 +158,25 @@ def test_only_idle_repeated_reports_each_run_and_the_medians(tmp_path: Path) -> 
         for phase in ("idle", "1 event/s")
         for path in ("bridge", "baseline")
     }
+
+
+@pytest.mark.timeout(90)
+def test_local_run_compares_the_event_path_with_answers_on_and_off_and_times_the_answers(
+    tmp_path: Path,
+) -> None:
+    output, report = run_bench(tmp_path, "--local", "--seconds", "1")
+    assert "local answers benchmark" in output
+    rows = {row["figure"]: row for row in report["rows"]}
+    for rate in (10, 200, 2000):
+        for figure in ("p50 ms", "p99 ms", "CPU s / 10k events"):
+            row = rows[f"latency {rate}/s: {figure}"]
+            assert row["off"] > 0, row
+            assert row["on"] > 0, row
+        lost = rows[f"latency {rate}/s: events lost"]
+        assert (lost["off"], lost["on"]) == (0, 0)
+    assert report["answers_missing"] == 0
+    answers = report["answers_ms"]
+    assert 0 < answers["p50"] <= answers["p99"] <= answers["max"]
 
 
 @pytest.mark.timeout(90)

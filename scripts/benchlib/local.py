@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from benchlib.event import COMMAND
-from benchlib.phases import latency_phase
+from benchlib.phases import latency_phase, receive_command
 from benchlib.rig import Record, Rig
 from benchlib.stats import ms, percentile
 from benchlib.system import LOCAL_KINDS, Sut
@@ -34,12 +34,8 @@ def answer_phase(rig: Rig, sut: Sut) -> Record:
     wrong = missing = 0
     for _ in range(rig.plan.command_samples):
         rig.write(sut, phase, 1)
-        got, arrived = b"", 0
-        try:
-            while b"}" not in got:
-                arrived, data = incoming.get(timeout=2.0)
-                got += data
-        except queue.Empty:
+        got, arrived = receive_command(incoming)
+        if arrived is None:
             missing += 1
             continue
         if got.strip(b"\r\n\x00 ") != COMMAND:
@@ -129,12 +125,14 @@ def local_report(rig: Rig, runs: list[list[Record]]) -> dict[str, Any]:
 
 
 def print_local(report: dict[str, Any]) -> None:
-    print(f"\nlocal answers benchmark, {report['code']}, medians of {report['runs']} run(s)")
-    print(f"{'figure':<44} {'local off':>12} {'local on':>12} {'ratio':>7}")
+    """The report as a Markdown table (README, When the broker is down)."""
+    print(f"\nlocal answers benchmark, {report['code']}, median of {report['runs']} run(s)\n")
+    print("| metric | local answers off | local answers on | ratio |")
+    print("|---|---|---|---|")
     for row in report["rows"]:
-        print(f"{row['figure']:<44} {row['off']!s:>12} {row['on']!s:>12} {row['ratio']!s:>7}")
+        print(f"| {row['figure']} | {row['off']} | {row['on']} | {row['ratio']} |")
     answers = report["answers_ms"]
     print(
-        f"answer latency (read written -> answer received), ms: p50 {answers['p50']}, "
+        f"\nanswer latency (read written -> answer received), ms: p50 {answers['p50']}, "
         f"p99 {answers['p99']}, max {answers['max']}; missing {report['answers_missing']}"
     )

@@ -99,6 +99,13 @@ def _one_command(rig: Rig, sut: Sut) -> tuple[bytes, int | None]:
         incoming.get_nowait()
     start = time.time_ns()
     rig.control.publish(sut.command_topic, COMMAND)
+    got, arrived = receive_command(incoming)
+    return got, None if arrived is None else arrived - start
+
+
+def receive_command(incoming: queue.Queue[tuple[int, bytes]]) -> tuple[bytes, int | None]:
+    """What a reader double received of one command, and when (``time.time_ns()``) its end
+    arrived (None: nothing whole within 2 s)."""
     got, arrived = b"", 0
     try:
         while b"}" not in got:
@@ -106,7 +113,7 @@ def _one_command(rig: Rig, sut: Sut) -> tuple[bytes, int | None]:
             got += data
     except queue.Empty:
         return got, None
-    return got, arrived - start
+    return got, arrived
 
 
 def burst_phase(rig: Rig, sut: Sut) -> None:
