@@ -139,6 +139,7 @@ class Answerer:
             self._file = (files or AllowFiles()).get(options.allow_file)
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self.withdrawn = 0  # reads that a command from MQTT answered in time
 
     def reads(self, frames: list[Frame], first_seq: int) -> None:
         """The frames of one read, whose events get ``first_seq``, ``first_seq + 1``, ...;
@@ -154,7 +155,7 @@ class Answerer:
 
     def command_reached(self, at: float) -> None:
         """A command from MQTT was written to the reader at ``at`` (monotonic)."""
-        self._edge.command_reached(at)
+        self.withdrawn += self._edge.command_reached(at)
 
     def close(self) -> None:
         if self._timer is not None:

@@ -63,6 +63,7 @@ class Snapshot:
     commands_ok: int
     commands_refused: int
     commands_expired: int
+    local_answers: dict[str, int]  # by outcome: sent, expired, withdrawn
     reader_connects: int
     broker_connects: int
     last_event_age: float | None  # seconds since the last frame; None before the first
@@ -149,6 +150,14 @@ LABELLED: tuple[tuple[Kind, str, str, str, Callable[[Snapshot], dict[str, float]
             "refused": s.commands_refused,
             "expired": s.commands_expired,
         },
+    ),
+    (
+        COUNTER,
+        "local_answers",
+        "reads the bridge answered itself (README, When the broker is down): sent = written "
+        "to the reader, expired = not in time, withdrawn = a command from MQTT came first",
+        "outcome",
+        lambda s: dict(s.local_answers.items()),
     ),
 )
 """Each metric with several samples per reader: kind, name, help, label, values by label."""

@@ -106,11 +106,14 @@ class Edge(Generic[T]):
         self._waiting.append((at, item))
         return False
 
-    def command_reached(self, at: float) -> None:
+    def command_reached(self, at: float) -> int:
         """A command (not a local answer) reached the reader at ``at``: every read made up to
-        then has its answer."""
+        then has its answer. How many reads waited for one."""
+        answered = 0
         while self._waiting and self._waiting[0][0] <= at:
             self._waiting.popleft()
+            answered += 1
+        return answered
 
     def due(self, now: float) -> list[tuple[float, T]]:
         """The reads (read at, item) left unanswered for ``after`` seconds at ``now``, oldest

@@ -221,6 +221,9 @@ class Session:
 
         reader, delivery = self.reader.counters, self.delivery
         backlog = delivery.unacked()
+        local = dict(self.commands.local)
+        if self.answerer is not None:
+            local["withdrawn"] += self.answerer.withdrawn
         last = reader.last_frame_at
         return Snapshot(
             reader_up=self.reader.is_up,
@@ -237,6 +240,7 @@ class Session:
             commands_ok=self.commands.sent,
             commands_refused=self.commands.refused,
             commands_expired=self.commands.expired,
+            local_answers=local,
             reader_connects=reader.connects,
             broker_connects=self.mqtt.connects,
             last_event_age=None if last is None else time.monotonic() - last,

@@ -31,6 +31,9 @@ COMMAND_QUEUE = 100
 """Commands waiting for the reader at most; beyond, refused at once."""
 RETAINED_REMEMBERED = 1000
 """Retained payloads whose refusal was logged, remembered so that it is logged once."""
+LOCAL_OUTCOMES = ("sent", "expired", "withdrawn")
+"""What became of local answers: written, not written in time, or dropped because a command
+from MQTT answered the read first (``unanswered``)."""
 
 
 class CommandSender(Protocol):
@@ -97,9 +100,10 @@ class CommandWorker:
         self._limit = RateLimit(options.rate, options.burst)
         self._retained_seen: set[bytes] = set()  # digests of retained payloads logged once
         self._throttle = Throttle(log)
-        self.sent = 0
+        self.sent = 0  # commands from MQTT, by outcome
         self.refused = 0
         self.expired = 0
+        self.local = dict.fromkeys(LOCAL_OUTCOMES, 0)  # local answers, by outcome
         self.last_reached = float("-inf")  # time.monotonic(): a command from MQTT was written
         self.on_reached: Callable[[float], None] = lambda at: None  # told of each such write
 
@@ -138,8 +142,10 @@ class CommandWorker:
             return
         problem = await self._send(command, incoming.received)
         if problem is not None:
+            self.expired += 1
             self._reply(incoming, command.transaction, error=problem)
             return
+        self.sent += 1
         self.last_reached = time.monotonic()
         self.on_reached(self.last_reached)
         log.info("command sent to the reader: %s", command.encode().decode())
@@ -148,7 +154,8 @@ class CommandWorker:
     async def _answer(self, answer: LocalAnswer) -> None:
         """A local answer: validated like a command from MQTT (BRIDGE_COMMAND_FIELDS)."""
         if answer.unless_answered and self.last_reached >= answer.read_at:
-            return  # answered from MQTT while it waited here
+            self.local["withdrawn"] += 1  # answered from MQTT while it waited here
+            return
         try:
             command = parse_command(answer.word.encode(), self.options.allowed_fields)
         except CommandError as exc:  # the settings check rules this out; say it if not
@@ -156,8 +163,10 @@ class CommandWorker:
             return
         problem = await self._send(command, answer.decided)
         if problem is not None:
+            self.local["expired"] += 1
             self._answered(answer, error=problem)
             return
+        self.local["sent"] += 1
         log.info("local answer sent to the reader: %s", answer.word)
         self._answered(answer, sent=dict(command.as_dict()))
 
@@ -169,14 +178,12 @@ class CommandWorker:
         try:
             await self._sender.send(data + self.options.delimiter, deadline, self.options.gap)
         except CommandNotSentError as exc:
-            self.expired += 1
             message = (
                 f"not sent within {self.options.timeout:g} s: {exc}; "
                 "dropped so that it cannot run late"
             )
             log.warning("command %s %s", data.decode(), message)
             return message
-        self.sent += 1
         return None
 
     def _check(self, incoming: IncomingCommand) -> Command | None:

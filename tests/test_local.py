@@ -106,7 +106,7 @@ def test_unanswered_answers_a_read_after_the_delay_unless_a_command_reached_the_
     assert not edge.read("b", 10.5, broker_up=True)
     assert edge.next_due() == 11.5
     assert edge.due(11.49) == []
-    edge.command_reached(10.2)  # answers "a" (read before it), not "b"
+    assert edge.command_reached(10.2) == 1  # answers "a" (read before it), not "b"
     assert edge.next_due() == 12.0
     assert edge.due(12.0) == [(10.5, "b")]
     assert edge.waiting() == 0

@@ -126,6 +126,8 @@ def test_unanswered_a_read_answered_centrally_in_time_gets_only_that_answer(
     assert rig.result() == {"ok": True, "sent": DENY}
     time.sleep(max(0.0, read_at + 1.5 - time.monotonic()))  # past BRIDGE_LOCAL_AFTER
     rig.sentinel()  # no local accept came, and no local result
+    assert rig.bridge is not None
+    assert rig.bridge.snapshot().local_answers == {"sent": 0, "expired": 0, "withdrawn": 1}
 
 
 def test_unanswered_a_read_nobody_answers_gets_the_local_answer_after_the_delay(
@@ -232,3 +234,7 @@ def test_local_answers_are_not_counted_by_the_command_rate_limit(
         assert rig.command() == {"Sequence": "0E"}
         local_result(rig, tag, {"Sequence": "0E"})
     rig.accepted("accept", ACCEPT)  # the burst of one is still there
+    assert rig.bridge is not None
+    snapshot = rig.bridge.snapshot()
+    assert snapshot.local_answers == {"sent": 3, "expired": 0, "withdrawn": 0}
+    assert snapshot.commands_ok == 1  # commands from MQTT only
