@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from bridge.answerer import AllowFiles, Answerer
 from bridge.delivery import Delivery
+from bridge.held_results import HeldResults
 from bridge.logs import Throttle
 from bridge.loops import Fatal, watched_task
 from bridge.mqtt import LocalResult, MqttLink, Result, Sweep
@@ -117,6 +118,10 @@ class Session:
         self.mqtt = MqttLink(
             options, self.commands, self.delivery, sweep=sweep, on_fatal=self._fatal
         )
+        if isinstance(outbox, SpoolOutbox):  # local results held through an outage, too
+            held = HeldResults(outbox.spool, outbox.reader)
+            self.mqtt.outgoing.held = held
+            self.mqtt.outgoing.results.extend(held.load())
         self.answerer = None
         if options.local is not None:
             self.answerer = Answerer(options.local, self.commands, self, allow_files)

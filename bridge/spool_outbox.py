@@ -85,6 +85,7 @@ class SpoolOutbox(Bounds):
         self._table = "fleet_events" if self._fleet else "events"
         self._mine = "reader = ? AND " if self._fleet else ""
         self._key: tuple[str, ...] = () if reader is None else (reader,)
+        self.reader = reader or ""  # this outbox's key in the spool's tables
         self._group = group
         self._db = self._spool.db
         self._spool.create_table(fleet=self._fleet)
@@ -130,6 +131,10 @@ class SpoolOutbox(Bounds):
     def next_seq(self) -> int:
         """The ``seq`` the next event put gets."""
         return self._seq + 1
+
+    @property
+    def spool(self) -> Spool:
+        return self._spool
 
     def commit(self) -> None:
         """The loop turn's commit (``bridge.upkeep``): at once, or - for a fleet's reader -

@@ -5,6 +5,7 @@ list says, and which reads get exactly one local answer in each mode."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.answerer import AllowFile, AllowFiles, Answerer
+from bridge.held_results import HeldResults
 from bridge.local import (
     AllowList,
     AllowListError,
@@ -24,8 +26,10 @@ from bridge.local import (
     parse_allow_list,
     tag_of,
 )
+from bridge.mqtt.outgoing import LocalResult
 from bridge.options import LocalOptions
 from bridge.protocol import Frame
+from bridge.spool import Spool
 from bridge.worker import LocalAnswer
 
 # -- reads and tags ---------------------------------------------------------------------------
@@ -331,3 +335,25 @@ def test_readers_naming_one_allow_file_share_it(tmp_path: Path):
     path.write_text("04A1\n")
     files = AllowFiles()
     assert files.get(path) is files.get(path)
+
+
+# -- local results held in the spool --------------------------------------------------------
+
+
+def test_held_local_results_come_back_per_reader_in_order_until_released(tmp_path: Path):
+    spool = Spool.open(tmp_path / "spool.db")
+    front, back = HeldResults(spool, "front"), HeldResults(spool, "back")
+    first = front.hold(LocalResult("04A1", 100.0, {"Sequence": "60"}))
+    front.hold(LocalResult("04B2", 101.0, error="not sent within 2 s"))
+    back.hold(LocalResult("04C3", 102.0, {"Sequence": "61"}))
+    assert first is not None
+    loaded = HeldResults(spool, "front").load()
+    assert [(r.tag, r.made_at, r.sent, r.error) for r in loaded] == [
+        ("04A1", 100.0, {"Sequence": "60"}, None),
+        ("04B2", 101.0, None, "not sent within 2 s"),
+    ]
+    assert json.loads(loaded[0].encode(connected_since=150.0))["late"] is True
+    front.release(first)
+    assert [r.tag for r in front.load()] == ["04B2"]
+    assert [r.tag for r in back.load()] == ["04C3"]
+    spool.close()

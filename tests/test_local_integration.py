@@ -238,3 +238,19 @@ def test_local_answers_are_not_counted_by_the_command_rate_limit(
     snapshot = rig.bridge.snapshot()
     assert snapshot.local_answers == {"sent": 3, "expired": 0, "withdrawn": 0}
     assert snapshot.commands_ok == 1  # commands from MQTT only
+
+
+def test_local_results_held_through_an_outage_survive_a_restart_of_the_bridge(
+    rig: Rig, gate: Gate, gated_bridge: Callable[..., Bridge], tmp_path: Path
+):
+    spool = str(tmp_path / "spool.db")
+    bridge = gated_bridge(local_reply="deny", local_when="offline", spool_path=spool)
+    wait_until(lambda: bridge.reader.is_up, "the reader link (no broker: the gate is shut)")
+    read(rig.sim, "04A1")
+    assert rig.command() == DENY
+    bridge.stop(timeout=1.0)  # the broker still away: the result stays in the spool
+    assert rig.sim.wait_no_client()
+    gate.open()
+    rig.start(gated_bridge, local_reply="deny", local_when="offline", spool_path=spool)
+    local_result(rig, "04A1", DENY, late=True)
+    rig.sentinel()  # once only

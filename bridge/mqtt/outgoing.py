@@ -16,7 +16,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -64,6 +65,7 @@ class LocalResult:
     error: str | None = None
     response_topic: str | None = None  # never: nobody asked
     correlation: bytes | None = None
+    row: int | None = None  # held in the spool (bridge.held_results) until published
 
     def encode(self, connected_since: float) -> bytes:
         body: dict[str, object] = {
@@ -77,6 +79,14 @@ class LocalResult:
         else:
             body["error"] = self.error
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+class ResultStore(Protocol):
+    """Where local results made while the broker is away are kept until they are published
+    (``bridge.held_results``: the spool)."""
+
+    def hold(self, result: LocalResult) -> int | None: ...
+    def release(self, row: int) -> None: ...
 
 
 class Outgoing:
@@ -97,6 +107,7 @@ class Outgoing:
         self.reader_up = False
         self.results: deque[Result | LocalResult] = deque(maxlen=RESULTS_KEPT)
         self.replies: dict[int, str] = {}  # seq -> the local answer to its event
+        self.held: ResultStore | None = None  # local results kept while the broker is away
         self._last_seq = 0  # the highest event seq handed to paho
         self.written: Callable[[], None] = lambda: None  # write what was published, now
         self._announce = False  # meta, status and discovery are due (a new connection)
@@ -126,8 +137,16 @@ class Outgoing:
             self.pump()
 
     def add_result(self, result: Result | LocalResult) -> None:
+        if isinstance(result, LocalResult) and not self.connected and self.held is not None:
+            result = replace(result, row=self.held.hold(result))
+        if len(self.results) == self.results.maxlen:  # the oldest goes: nobody reads it
+            self._release(self.results[0])
         self.results.append(result)
         self.pump()
+
+    def _release(self, result: Result | LocalResult) -> None:
+        if isinstance(result, LocalResult) and result.row is not None and self.held is not None:
+            self.held.release(result.row)
 
     def note_reply(self, seq: int, word: str) -> None:
         """Event ``seq`` was answered locally with ``word``: its ``local_reply`` user property,
@@ -204,6 +223,7 @@ class Outgoing:
                 result.response_topic, payload, qos=1, properties=properties
             )
             self._delivery.record(info.mid, None)
+        self._release(result)
 
     def _publish_event(self, item: Pending) -> bool:
         """Hand one event to paho; False if it had to be put back (QoS 0, not connected).
