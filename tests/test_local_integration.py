@@ -22,9 +22,9 @@ import pytest
 from bridge.app import Bridge
 from bridge.simulator import Simulator
 from tests import test_commands_integration, test_outage
-from tests.support import Received, Subscriber, wait_until
+from tests.support import Broker, Received, Subscriber, wait_until
 from tests.test_commands_integration import Rig
-from tests.test_outage import Gate
+from tests.test_outage import Gate, watch_resubscribe
 
 pytestmark = pytest.mark.integration
 
@@ -159,8 +159,9 @@ def test_unanswered_answers_locally_while_the_broker_is_unreachable(
     local_result(rig, "04A1", ACCEPT, late=True)
 
 
-def test_offline_answers_only_while_the_broker_session_is_down_and_reports_late(
+def test_offline_answers_only_while_the_broker_is_stopped_and_reports_late(
     rig: Rig,
+    broker: Broker,
     gate: Gate,
     gated_bridge: Callable[..., Bridge],
     subscribe: Callable[..., Subscriber],
@@ -172,10 +173,14 @@ def test_offline_answers_only_while_the_broker_session_is_down_and_reports_late(
     read(rig.sim, "04A1")
     event_of(events, "04A1")
     rig.sentinel()  # connected: the automation decides, the bridge does not answer
-    gate.close()
+    resubscribed = [watch_resubscribe(sub) for sub in (events, rig.results, rig.status)]
+    gate.shut()  # the bridge comes back only once the test's clients are subscribed again
+    broker.stop()
     wait_until(lambda: not bridge.mqtt.is_connected, "the bridge to lose the broker")
     read(rig.sim, "04B2")
     assert rig.command() == ACCEPT
+    broker.start()
+    assert all(done.wait(15) for done in resubscribed), "a test client did not resubscribe"
     gate.open()
     assert bridge.mqtt.wait_connected(20)
     local_result(rig, "04B2", ACCEPT, late=True)
