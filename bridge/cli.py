@@ -225,10 +225,11 @@ def remove_discovery(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Settings (exit 2), then one line per link, the spool and the HTTP port; 0 only when
-    every check passed."""
+    """Settings (exit 2), then one line per link, the spool, each allow file and the HTTP
+    port; 0 only when every check passed."""
     from bridge.probe import (  # noqa: PLC0415 - paho only here
         CheckResult,
+        check_allow_file,
         check_broker,
         check_listener,
         check_reader,
@@ -239,10 +240,12 @@ def run_check(args: argparse.Namespace) -> int:
     readers, outbox = _checked_readers(settings)
     http = settings.http()
     brokers = {(options.mqtt.username, options.mqtt.password): options for options in readers}
+    allow_files = {o.local.allow_file for o in readers if o.local and o.local.allow_file}
     probes: list[Callable[[], CheckResult]] = [
         *(partial(check_reader, options.reader) for options in readers),
         *(partial(check_broker, options.mqtt) for options in brokers.values()),
         lambda: check_spool_path(outbox),
+        *(partial(check_allow_file, path) for path in sorted(allow_files)),
         *([lambda: check_listener(http)] if http else []),
     ]
     failed = 0

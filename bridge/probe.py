@@ -1,5 +1,5 @@
-"""One-shot probes for the command line: ``check`` (reader, broker, spool, HTTP port) and
-``health`` (HTTP).
+"""One-shot probes for the command line: ``check`` (reader, broker, spool, allow files, HTTP
+port) and ``health`` (HTTP).
 
 Each probe returns a :class:`CheckResult` whose :meth:`~CheckResult.line` is what the user
 reads. The reader probe holds the reader's single connection slot for at most one second and
@@ -13,9 +13,12 @@ import errno
 import http.client
 import select
 import socket
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from bridge.config import MB, HttpOptions, MqttOptions, OutboxOptions, ReaderOptions
+from bridge.local import AllowListError, parse_allow_list
 from bridge.spool import check_spool
 
 BUSY_WINDOW = 1.0
@@ -130,6 +133,19 @@ def check_spool_path(options: OutboxOptions) -> CheckResult:
     else:
         hint = "set BRIDGE_SPOOL_PATH to a file in a writable directory, or none (memory only)"
     return CheckResult(False, subject, problem, hint)
+
+
+def check_allow_file(path: Path) -> CheckResult:
+    """The local answers' allow file: how many tags, and whether others can read it (its
+    contents are never shown; the settings check has parsed it already)."""
+    try:
+        info = path.stat()
+        tags = len(parse_allow_list(path.read_text(encoding="utf-8")).tags)
+    except (OSError, UnicodeDecodeError, AllowListError) as exc:  # changed since: say so
+        return CheckResult(False, f"allow file {path}", str(exc), "fix it, or unset it")
+    mode = stat.S_IMODE(info.st_mode)
+    private = "" if not mode & 0o077 else f"; readable by other users (mode {mode:o}): chmod 600 it"
+    return CheckResult(True, f"allow file {path}", f"{tags} tag(s){private}")
 
 
 def check_listener(options: HttpOptions) -> CheckResult:

@@ -124,3 +124,20 @@ def test_http_port_free_again_once_checked(check: Check):
     assert check(spool_path="none", http_port=str(port)).returncode == 0
     with socket.create_server(("127.0.0.1", port)):
         pass
+
+
+def test_an_allow_file_is_checked_by_count_and_mode_never_by_content(check: Check, tmp_path: Path):
+    allowed = tmp_path / "allowed"
+    allowed.write_text("047DAE02C84080\n04A1  # the guard\n")
+    allowed.chmod(0o640)
+    result = check(spool_path="none", local_allow_file=str(allowed))
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = line_of(result, "allow file")
+    assert line == (
+        f"ok   allow file {allowed} 2 tag(s); readable by other users (mode 640): chmod 600 it"
+    )
+    allowed.chmod(0o600)
+    assert line_of(check(spool_path="none", local_allow_file=str(allowed)), "allow file") == (
+        f"ok   allow file {allowed} 2 tag(s)"
+    )
+    assert "047DAE02C84080" not in result.stdout + result.stderr
