@@ -143,6 +143,12 @@ class Delivery:
         """Events are held on disk (a spool), not only in memory."""
         return self._outbox.durable
 
+    @property
+    def is_grouped(self) -> bool:
+        """The outbox commits with a fleet's other readers (one transaction, one checkpoint
+        schedule for the shared spool)."""
+        return self._outbox.grouped
+
     # -- upkeep ---------------------------------------------------------------------------
 
     def flush(self) -> None:

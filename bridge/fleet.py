@@ -57,9 +57,16 @@ class SharedOutboxes:
             self.spool, max_bytes, max_age, reader=device_id, pool=self.pool, group=self.group
         )
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """After the readers: what they put last, the last checkpoint, the file."""
         if self.group is not None:
             self.group.commit()  # what the last readers put, if they did not close first
+            await self.group.checkpoints.close()
+        self.abort()
+
+    def abort(self) -> None:
+        if self.group is not None:
+            self.group.checkpoints.cancel()
         if self.spool is not None:
             self.spool.close()
 
@@ -186,14 +193,14 @@ class Fleet:
         self._stopping = True
         await asyncio.gather(*(self._stop(device, timeout) for device in list(self.sessions)))
         if self._shared is not None:
-            self._shared.close()
+            await self._shared.close()
 
     def abort(self) -> None:
         self._stopping = True
         for session in self.sessions.values():
             session.abort()
         if self._shared is not None:
-            self._shared.close()
+            self._shared.abort()
 
     def dead_parts(self) -> dict[str, list[str]]:
         """The parts that are not running, per device id: a reader waiting for its restart,

@@ -45,6 +45,7 @@ class Pending:
 class Outbox(Protocol):
     dropped: dict[str, int]  # per reason, DROP_REASONS
     durable: bool  # held on disk: survives a crash of the bridge
+    grouped: bool  # commits with a fleet's other outboxes (spool_outbox.CommitGroup)
 
     def put_many(self, events: Sequence[tuple[bytes, float]]) -> None: ...
     def next_seq(self) -> int: ...
@@ -189,6 +190,7 @@ class MemoryOutbox(Bounds):
     """The outbox without a spool: lost if the bridge itself stops."""
 
     durable = False
+    grouped = False
 
     def __init__(self, max_bytes: int, max_age: float, pool: Pool | None = None) -> None:
         super().__init__(max_bytes, max_age, "BRIDGE_MEMORY_MAX_MB", pool)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bridge.outbox import AGE_CHECK, Bounds, Pending, Pool, first_seq
 from bridge.spool import Spool
+from bridge.upkeep import Checkpoints
 
 log = logging.getLogger("bridge.outbox")
 
@@ -87,6 +88,7 @@ class SpoolOutbox(Bounds):
         self._key: tuple[str, ...] = () if reader is None else (reader,)
         self.reader = reader or ""  # this outbox's key in the spool's tables
         self._group = group
+        self.grouped = group is not None
         self._db = self._spool.db
         self._spool.create_table(fleet=self._fleet)
         self._window: deque[Pending] = deque()
@@ -360,6 +362,7 @@ class CommitGroup:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[SpoolOutbox, None] = {}  # in the order they joined
         self._timer: asyncio.TimerHandle | None = None
+        self.checkpoints = Checkpoints(spool.checkpoint)  # one schedule for the shared file
 
     def add(self, outbox: SpoolOutbox) -> None:
         self._pending[outbox] = None
@@ -376,6 +379,7 @@ class CommitGroup:
             with self._db:
                 for outbox, (rows, acked) in work:
                     outbox._write(rows, acked)
+            self.checkpoints.arm()
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from bridge.delivery import Delivery
@@ -37,8 +38,54 @@ SQLITE_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 """The one thread that checkpoints spools, for every reader of the process."""
 
 
+class Checkpoints:
+    """Checkpoints of one spool file in the SQLite worker thread, at most every
+    CHECKPOINT_EVERY s while anything is written, armed by the writes and by nothing else. A
+    one-reader bridge's upkeep has one; a fleet has one for its shared spool (its
+    ``CommitGroup``'s), not one per reader."""
+
+    def __init__(self, checkpoint: Callable[[], None]) -> None:
+        self._checkpoint_now = checkpoint
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: Future[None] | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_later(CHECKPOINT_EVERY, self._run)
+
+    def _run(self) -> None:
+        self._timer = None
+        if self._running is not None:  # the last one still runs: try again later
+            self.arm()
+            return
+        self._running = SQLITE_WORKER.submit(self._checkpoint_now)
+        self._running.add_done_callback(
+            lambda done: self._loop.call_soon_threadsafe(self._done, done)
+        )
+
+    def _done(self, done: Future[None]) -> None:
+        self._running = None
+        if (error := done.exception()) is not None:
+            log.warning("spool checkpoint failed: %s (tried again later)", error)
+
+    def cancel(self) -> None:
+        """No more timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def close(self) -> None:
+        """No more timer; wait for a running checkpoint (before the spool closes)."""
+        self.cancel()
+        if self._running is not None:
+            await asyncio.wrap_future(self._running)
+
+
 class SpoolUpkeep:
-    """Schedules one delivery's commits, deletions and checkpoints on the running loop."""
+    """Schedules one delivery's commits, deletions and checkpoints on the running loop. A
+    fleet's reader (its outbox in a commit group) has its acknowledged rows deleted by the
+    group's next transaction and leaves checkpoints to the group: no timer of its own."""
 
     def __init__(self, delivery: Delivery) -> None:
         self._delivery = delivery
@@ -46,8 +93,7 @@ class SpoolUpkeep:
         self._commit_due = False
         self._acked = 0
         self._flush: asyncio.Handle | None = None
-        self._checkpoint_timer: asyncio.TimerHandle | None = None
-        self._checkpoint: Future[None] | None = None
+        self._checkpoints = None if delivery.is_grouped else Checkpoints(delivery.checkpoint)
 
     def written(self) -> None:
         """Events were put: one commit at the end of this loop turn."""
@@ -58,6 +104,9 @@ class SpoolUpkeep:
     def acknowledged(self) -> None:
         """An event's row may go: with the next commit, or in a batch of its own."""
         if not self._delivery.is_spooled:
+            return
+        if self._delivery.is_grouped:  # the group's next transaction, within GROUP_DELAY
+            self._delivery.commit()
             return
         self._acked += 1
         if self._acked >= FLUSH_ROWS:
@@ -83,29 +132,13 @@ class SpoolUpkeep:
         self._arm_checkpoint()
 
     def _arm_checkpoint(self) -> None:
-        if self._delivery.is_spooled and self._checkpoint_timer is None:
-            self._checkpoint_timer = self._loop.call_later(CHECKPOINT_EVERY, self._run_checkpoint)
-
-    def _run_checkpoint(self) -> None:
-        self._checkpoint_timer = None
-        if self._checkpoint is not None:  # the last one still runs: try again later
-            self._arm_checkpoint()
-            return
-        self._checkpoint = SQLITE_WORKER.submit(self._delivery.checkpoint)
-        self._checkpoint.add_done_callback(
-            lambda done: self._loop.call_soon_threadsafe(self._checkpointed, done)
-        )
-
-    def _checkpointed(self, done: Future[None]) -> None:
-        self._checkpoint = None
-        if (error := done.exception()) is not None:
-            log.warning("spool checkpoint failed: %s (tried again later)", error)
+        if self._delivery.is_spooled and self._checkpoints is not None:
+            self._checkpoints.arm()
 
     async def close(self) -> None:
         """No more timers; wait for a running checkpoint (before the spool closes)."""
-        for timer in (self._flush, self._checkpoint_timer):
-            if timer is not None:
-                timer.cancel()
-        self._flush = self._checkpoint_timer = None
-        if self._checkpoint is not None:
-            await asyncio.wrap_future(self._checkpoint)
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._checkpoints is not None:
+            await self._checkpoints.close()

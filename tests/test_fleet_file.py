@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.config import MB, load_settings
+from bridge.delivery import Delivery
 from bridge.fleet_file import FLEET_SPOOL, PER_READER, SHARED, fleet_options, load_fleet
 from bridge.options import ConfigError
 from bridge.outbox import MEMORY_OVERHEAD, MemoryOutbox, Pool
@@ -25,6 +26,7 @@ from bridge.spool_outbox import (
     CommitGroup,
     SpoolOutbox,
 )
+from bridge.upkeep import SpoolUpkeep
 
 
 def fleet_file(tmp_path: Path, text: str) -> Path:
@@ -344,3 +346,48 @@ def test_local_answers_are_per_reader_keys_checked_like_the_others(
     why = "line 2: not a tag id (hex digits expected)"
     assert lines[0] == f"[[reader]] #1 (door): local_allow_file: {allowed}: {why}"
     assert any(line.startswith("[[reader]] #2 (10.0.0.2): local_when: ") for line in lines)
+
+
+def test_a_fleets_readers_acknowledged_rows_go_with_the_group_not_a_timer_each(
+    tmp_path: Path,
+) -> None:
+    """A one-reader bridge deletes acknowledged rows up to FLUSH_AFTER s later, from a timer of
+    its own; a fleet's reader hands them to the group's next transaction (README, Fleet: no
+    per-reader upkeep after a burst)."""
+
+    async def scenario() -> tuple[int, int]:
+        spool = Spool.open(tmp_path / "fleet.db")
+        group = CommitGroup(spool)
+        deliveries = [
+            Delivery(SpoolOutbox(spool, MB, 1e12, reader=name, group=group), "t")
+            for name in ("a", "b")
+        ]
+        upkeeps = [SpoolUpkeep(delivery) for delivery in deliveries]
+        for delivery, upkeep in zip(deliveries, upkeeps, strict=True):
+            assert delivery.is_grouped
+            delivery.put([(b"{}", 0.0)])
+            upkeep.written()
+        await asyncio.sleep(GROUP_DELAY * 3)
+        written = rows(tmp_path / "fleet.db")
+        for mid, (delivery, upkeep) in enumerate(zip(deliveries, upkeeps, strict=True), 1):
+            item = delivery.next_event(0)
+            assert item is not None
+            delivery.record(mid, item)
+            assert delivery.acknowledged(mid)
+            upkeep.acknowledged()
+        await asyncio.sleep(GROUP_DELAY * 3)
+        left = rows(tmp_path / "fleet.db")
+        for upkeep in upkeeps:
+            await upkeep.close()
+        for delivery in deliveries:
+            delivery.close()
+        await group.checkpoints.close()
+        spool.close()
+        return written, left
+
+    assert asyncio.run(scenario()) == (2, 0)
+
+
+def rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM fleet_events").fetchone()[0])
