@@ -489,15 +489,21 @@ class Settings(BaseSettings):
             )
         return lines
 
-    def check_run(self) -> None:
+    def check_run(self) -> LocalOptions | None:
         """Raise :class:`ConfigError` listing every problem that stops ``run`` (and ``check``),
-        the TLS files included: each is loaded as the connection will load it."""
+        the TLS files included: each is loaded as the connection will load it. Returns the
+        local answers' options, so that their allow file is read once at start."""
         lines: list[str] = []
-        for build in (self.reader, self._tls_context, self.commands, self.local):
+        local = None
+        for build in (self.reader, self._tls_context, self.commands):
             try:
                 build()
             except ConfigError as exc:
                 lines += exc.lines
+        try:
+            local = self.local()
+        except ConfigError as exc:
+            lines += exc.lines
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             lines.append("BRIDGE_MQTT_CERT_FILE / BRIDGE_MQTT_KEY_FILE: set both or neither")
         if (
@@ -508,6 +514,7 @@ class Settings(BaseSettings):
             lines.append("BRIDGE_COMMAND_FIELDS: empty; name at least one command field")
         if lines:
             raise ConfigError(lines)
+        return local
 
     def _tls_context(self) -> None:
         """Build the MQTT options and, with TLS on, their TLS context (then dropped)."""
@@ -517,7 +524,7 @@ class Settings(BaseSettings):
 
     def bridge_options(self) -> BridgeOptions:
         """Everything ``run`` needs, checked first by :meth:`check_run` (its ConfigError)."""
-        self.check_run()
+        local = self.check_run()
         return BridgeOptions(
             topics=self.topics(),
             identity=self.identity(),
@@ -530,7 +537,7 @@ class Settings(BaseSettings):
             live_max_age=self.live_max_age_or_none(),
             log_level=self.log_level,
             log_format=self.log_format,
-            local=self.local(),
+            local=local,
         )
 
 

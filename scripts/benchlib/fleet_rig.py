@@ -19,8 +19,8 @@ from benchlib.event import PREFIX
 from benchlib.fleet_recorder import FleetRecorder, StatusBoard, Track
 from benchlib.fleet_system import FleetKind, FleetSut
 from benchlib.meter import process_cpu
+from benchlib.narrator import Narrator
 from benchlib.system import Broker, git_state
-from harness import has_schedstat  # scripts/harness.py
 
 WINDOW: Final = 2000
 """Closed loop: events written and not yet received, at most, over all the flooding readers
@@ -74,7 +74,7 @@ def raise_open_files(needed: int) -> int:
     return soft
 
 
-class FleetRig:
+class FleetRig(Narrator):
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.plan = make_fleet_plan(args)
@@ -85,20 +85,14 @@ class FleetRig:
         self.subscribers: list[RawSubscriber] = []
         self.suts: list[FleetSut] = []
         self.records: list[Record] = []
-        self.started = time.monotonic()
+        super().__init__()
         self.code = "?"
         self.open_files = 0
-
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started:7.1f} s] {text}", flush=True)
 
     # -- set-up -------------------------------------------------------------------------
 
     def setup(self) -> None:
-        if not has_schedstat():
-            raise BenchError(
-                "this kernel has no /proc/<pid>/task/<tid>/schedstat (CONFIG_SCHED_INFO)"
-            )
+        self.require_schedstat()
         self.code = git_state()
         most = max(self.plan.readers, self.plan.processes)
         self.open_files = raise_open_files(FILES_PER_READER * most + 256)

@@ -17,11 +17,11 @@ from typing import Any, Final
 from benchlib.client import Control, PahoSubscriber, RawSubscriber, Subscriber
 from benchlib.errors import BenchError
 from benchlib.event import PREFIX, render_batch
+from benchlib.narrator import Narrator
 from benchlib.plan import Plan
 from benchlib.recorder import Phase, Recorder
 from benchlib.stats import ms, percentile
 from benchlib.system import KINDS, LOCAL_KINDS, Broker, Kind, Sut, git_state
-from harness import has_schedstat  # scripts/harness.py
 
 WINDOW: Final = 2000
 """Closed loop: events written and not yet received, at most."""
@@ -32,7 +32,7 @@ Record = dict[str, Any]
 """One phase as the JSON report lists it (``phases``): counts, latencies, CPU readings."""
 
 
-class Rig:
+class Rig(Narrator):
     def __init__(self, args: argparse.Namespace, plan: Plan, workdir: Path) -> None:
         self.args = args
         self.plan = plan
@@ -44,20 +44,14 @@ class Rig:
         self.suts: list[Sut] = []
         self.next_id = 1
         self.records: list[Record] = []
-        self.started = time.monotonic()
+        super().__init__()
         self.rss_ready: dict[str, int] = {}
         self.code = "?"
-
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started:7.1f} s] {text}", flush=True)
 
     # -- set-up ------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        if not has_schedstat():
-            raise BenchError(
-                "this kernel has no /proc/<pid>/task/<tid>/schedstat (CONFIG_SCHED_INFO)"
-            )
+        self.require_schedstat()
         self.code = git_state()  # what the systems under test load, now
         self.broker.start()
         topic_filter = f"{PREFIX}/+/rdr/evt"
