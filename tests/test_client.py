@@ -1,10 +1,13 @@
-"""bridge.mqtt.client.Client's short way for PUBACKs, checked against paho's own decoding."""
+"""bridge.mqtt.client.Client's short way for PUBACKs, checked against paho's own decoding,
+and its buffered reads."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from paho.mqtt.client import Client as PahoClient
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -68,3 +71,78 @@ def test_puback_for_an_unknown_packet_id_is_ignored() -> None:
     client._packet_handle()
     assert seen == []
     assert list(client._out_messages) == [1]
+
+
+class _CountingSocket:
+    """The client's end of a socket pair, counting the ``recv()`` calls paho's reads make."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(size)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _pubacks(mids: list[int]) -> bytes:
+    return b"".join(bytes([PUBACK, 2]) + mid.to_bytes(2, "big") for mid in mids)
+
+
+def _read_all(client: Client) -> None:
+    """What ``Driver._read_all`` does when the socket is readable."""
+    rc = client.loop_read()
+    while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.input_pending():
+        rc = client.loop_read()
+    assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def test_many_packets_come_from_one_recv_even_split_across_two() -> None:
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    acked: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
+    mids = [client.publish("a/b", b"x", qos=1).mid for _ in range(5)]
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    counting = _CountingSocket(ours)
+    client._sock = counting  # type: ignore[assignment]
+    pubacks = _pubacks(mids)
+    broker.sendall(pubacks[:10])  # two and a half acknowledgements
+    _read_all(client)
+    assert acked == mids[:2]
+    assert counting.recvs == 1  # paho alone: 3 per packet, and one more for EAGAIN
+    assert not client.input_pending()
+    broker.sendall(pubacks[10:])
+    _read_all(client)
+    assert acked == mids
+    assert counting.recvs == 2
+    assert not client._out_messages
+    ours.close()
+    broker.close()
+
+
+def test_bytes_of_a_closed_connection_never_reach_the_next() -> None:
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    acked: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
+    first = client.publish("a/b", b"x", qos=1).mid
+    old, old_broker = socket.socketpair()
+    old.setblocking(False)
+    client._sock = old
+    old_broker.sendall(_pubacks([first, 7, 8]))  # paho takes one packet per message it holds
+    assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert acked == [first]
+    assert client.input_pending()  # two packets read from the socket, not taken
+    second = client.publish("a/b", b"y", qos=1).mid
+    new, new_broker = socket.socketpair()
+    new.setblocking(False)
+    client._sock = new  # a reconnection
+    assert not client.input_pending()
+    new_broker.sendall(_pubacks([second]))
+    _read_all(client)
+    assert acked == [first, second]
+    for sock in (old, old_broker, new, new_broker):
+        sock.close()

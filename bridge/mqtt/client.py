@@ -45,11 +45,52 @@ _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
 _PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
+READ_SIZE = 65536
+"""Bytes one ``recv()`` of the broker's socket asks for: every acknowledgement waiting."""
+
+
 class Client(paho.Client):
-    """paho's client, taking the common PUBACK the short way, and closing the socket of a
-    failed TLS handshake."""
+    """paho's client, reading the socket in large pieces, taking the common PUBACK the short
+    way, and closing the socket of a failed TLS handshake."""
 
     _fast_puback = True
+    _in_sock: object = None  # the socket that _in_bytes came from
+    _in_bytes = b""  # read from the socket, not yet taken by paho
+    _in_pos = 0
+    _in_drained = False  # the last recv() took less than asked: the kernel had no more
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        """paho reads a packet a few bytes at a time: its type, each byte of its length,
+        then the rest - three ``recv()`` calls for every PUBACK, and one more that fails
+        with EAGAIN at the end of each read. Here one ``recv()`` takes all the kernel holds
+        and paho's small reads are served from it; after a short one, the end of the data
+        is reported without asking the kernel again (the socket stays readable for the loop
+        if more has come since: it is level-triggered). The bytes of a closed connection
+        never reach the next one's packets. Callers that wait on the socket must read on
+        while :meth:`input_pending` (``Driver._read_all``)."""
+        if self._in_sock is not self._sock:  # a new connection
+            self._in_sock, self._in_bytes, self._in_pos = self._sock, b"", 0
+            self._in_drained = False
+        pos = self._in_pos
+        if pos >= len(self._in_bytes):
+            if self._in_drained:
+                self._in_drained = False
+                raise BlockingIOError
+            data = super()._sock_recv(READ_SIZE)
+            if not data:
+                return data  # the broker closed the connection
+            self._in_drained = len(data) < READ_SIZE
+            self._in_bytes, pos = data, 0
+        self._in_pos = pos + bufsize
+        return self._in_bytes[pos : pos + bufsize]
+
+    def input_pending(self) -> bool:
+        """Bytes read from the socket that paho has not taken yet (here, or decrypted in
+        the SSL object): the socket is not readable for them."""
+        if self._in_pos < len(self._in_bytes) and self._in_sock is self._sock:
+            return True
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         """paho's, without decoding a PUBACK that carries only the packet id: success with

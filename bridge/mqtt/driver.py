@@ -20,7 +20,6 @@ import asyncio
 import contextvars
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 
@@ -208,16 +207,13 @@ class Driver:
         self._run("loop_read", self._read_all)
 
     def _read_all(self) -> MQTTErrorCode:
-        """paho reads a few packets per call; with TLS, what it left in the SSL object's
-        buffer makes the socket no more readable for the loop, so read on while the SSL
-        layer holds decrypted bytes (paho's own loop checks ``pending()`` the same way)."""
+        """paho reads a few packets per call; what it leaves read but not taken - in the
+        client's buffer (``Client._sock_recv``) or, with TLS, decrypted in the SSL object -
+        makes the socket no more readable for the loop, so read on while any is left
+        (paho's own loop checks ``pending()`` the same way)."""
         rc = self.client.loop_read()
-        sock = self.client.socket()
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket):
-            if not sock.pending():
-                break
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.client.input_pending():
             rc = self.client.loop_read()
-            sock = self.client.socket()
         return rc
 
     def _write(self) -> None:
