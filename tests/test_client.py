@@ -46,6 +46,9 @@ def _acknowledge(
         (MQTTProtocolVersion.MQTTv311, b"\x00\x01"),  # every 3.1.1 PUBACK: the short way
         (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x00"),  # success spelt out
         (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x10\x00"),  # no matching subscribers
+        (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x10"),  # the same, as Mosquitto sends it
+        (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x00\x00"),  # success, property length 0
+        (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x10\x03\x1f\x00\x00"),  # with a reason string
         (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x87\x00"),  # not authorised (ACL)
         (MQTTProtocolVersion.MQTTv5, b"\x00\x01\x97"),  # quota exceeded, no properties
     ],

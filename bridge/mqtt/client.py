@@ -41,7 +41,12 @@ class _NotShortError(Exception):
     """Not a PUBACK the short path takes: paho's own path decodes it."""
 
 
-_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_PUBACK_CODES = {
+    0x00: ReasonCode(PacketTypes.PUBACK),  # success
+    0x10: ReasonCode(PacketTypes.PUBACK, identifier=0x10),  # no matching subscribers
+}
+"""The PUBACK reason codes the short path takes: both mean delivered to the broker. Mosquitto
+answers 0x10 for a message nobody subscribes to - a command result, a ``bridge/live`` copy."""
 _PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
@@ -95,8 +100,9 @@ class Client(paho.Client):
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         """paho's, without decoding a PUBACK that carries only the packet id: success with
         no properties (MQTT 5 §3.4.2.1, and every MQTT 3.1.1 PUBACK), what Mosquitto sends
-        for nearly every event. paho builds a ReasonCode and a Properties object for each
-        (~30 % of the bridge's CPU at full load, issue 5 profile); here every such
+        for nearly every event - or that adds only a reason code of _PUBACK_CODES. paho
+        builds a ReasonCode and a Properties object for each (~30 % of the bridge's CPU at
+        full load, issue 5 profile); here every such
         acknowledgement shares one of each (``on_publish`` only reads them). Anything else
         - a refusal, properties, PUBCOMP - goes through paho's own code, and so does every
         PUBACK once this path has raised (a paho release that changed what it relies on).
@@ -119,12 +125,18 @@ class Client(paho.Client):
 
     def _short_puback(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
+        # packet id, then (MQTT 5 §3.4.2) an optional reason code and an optional property
+        # length: taken here when the code is one of _PUBACK_CODES and there are no properties
+        size = len(packet)
+        if cmd != "PUBACK" or not 2 <= size <= 4:
             raise _NotShortError
-        mid = int.from_bytes(packet, "big")
+        code = _PUBACK_CODES.get(packet[2] if size > 2 else 0)
+        if code is None or (size == 4 and packet[3]):
+            raise _NotShortError
+        mid = int.from_bytes(packet[:2], "big")
         with self._out_message_mutex:
             if mid in self._out_messages:
-                return self._do_on_publish(mid, _PUBACK_SUCCESS, _PUBACK_NO_PROPERTIES)
+                return self._do_on_publish(mid, code, _PUBACK_NO_PROPERTIES)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
