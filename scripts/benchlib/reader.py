@@ -13,7 +13,9 @@ from benchlib.errors import BenchError
 
 class ReaderDouble:
     """The reader's side of the link: serves one client, writes events, timestamps what it
-    receives (commands) as ``(time.time_ns(), bytes)`` in :attr:`incoming`."""
+    receives (commands) as ``(time.time_ns(), bytes)`` in :attr:`incoming`. With
+    :attr:`pace` set, it reads them in batches, that often: its thread then does not wake up
+    for each command just as the subscriber in the same process receives an event."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -23,6 +25,7 @@ class ReaderDouble:
         self.connected = threading.Event()
         self.incoming: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self.accepted = 0
+        self.pace = 0.0  # seconds between reads of what the client sent (0: read at once)
         threading.Thread(target=self._accept_loop, name="reader-accept", daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -53,6 +56,8 @@ class ReaderDouble:
             if not data:
                 break
             self.incoming.put((now, data))
+            if self.pace:
+                time.sleep(self.pace)  # what came meanwhile waits in the socket
         with self._lock:
             if self._client is sock:
                 self._client = None
