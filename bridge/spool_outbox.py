@@ -49,20 +49,6 @@ def _insert_sql(fleet: bool, rows: int) -> str:
     return f"INSERT INTO events (seq, received_at, payload) VALUES {values}"  # noqa: S608
 
 
-def _insert_rows(db: sqlite3.Connection, fleet: bool, rows: Sequence[tuple[object, ...]]) -> None:
-    """Insert ``rows`` (each the table's columns: a fleet's start with the reader) into
-    ``fleet_events`` or ``events``. Many rows per statement: executemany() costs one step
-    per row, each releasing and taking the GIL again. Chunks of 200, 64, ... 1 rows: few
-    steps, and few distinct statements for SQLite's statement cache to hold (each prepared
-    one keeps memory)."""
-    start = 0
-    for size in INSERT_SIZES:
-        while len(rows) - start >= size:
-            values = [value for row in rows[start : start + size] for value in row]
-            db.execute(_insert_sql(fleet, size), values)
-            start += size
-
-
 def _row_size(payload: bytes) -> int:
     return len(payload) + SPOOL_ROW_OVERHEAD
 
@@ -186,7 +172,16 @@ class SpoolOutbox(Bounds):
             self._write(rows, acked)
 
     def _write(self, rows: list[tuple[int, float, bytes]], acked: Sequence[int]) -> None:
-        _insert_rows(self._db, self._fleet, [(*self._key, *row) for row in rows])
+        # Many rows per statement: executemany() costs one step per row, each releasing and
+        # taking the GIL again. Chunks of 256, 64, ... 1 rows: few steps, and few distinct
+        # statements for SQLite's statement cache to hold (each prepared one keeps memory).
+        start = 0
+        for size in INSERT_SIZES:
+            while len(rows) - start >= size:
+                chunk = rows[start : start + size]
+                values = [value for row in chunk for value in (*self._key, *row)]
+                self._db.execute(_insert_sql(self._fleet, size), values)
+                start += size
         if acked:
             self._delete_rows(acked)
 
@@ -382,14 +377,8 @@ class CommitGroup:
         work = [(outbox, outbox._take_staged()) for outbox in pending if not outbox._closed]
         try:
             with self._db:
-                # Every reader's rows in the same statements (a flood of ten readers wrote
-                # a tenth as many rows per statement as one reader), then the deletions:
-                # a row may have been acknowledged before it was written.
-                keyed = [(outbox.reader, *row) for outbox, (staged, _) in work for row in staged]
-                _insert_rows(self._db, True, keyed)
-                for outbox, (_, acked) in work:
-                    if acked:
-                        outbox._delete_rows(acked)
+                for outbox, (rows, acked) in work:
+                    outbox._write(rows, acked)
             self.checkpoints.arm()
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
