@@ -131,7 +131,7 @@ def local_report(rig: Rig, runs: list[list[Record]]) -> dict[str, Any]:
                     "figure": f"{phase}: {label}",
                     "off": off,
                     "on": on,
-                    "ratio": statistics.median(ratios) if ratios else None,
+                    "ratio": round(statistics.median(ratios), 3) if ratios else None,
                     "ratios": ratios,
                 }
             )
