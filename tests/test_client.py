@@ -127,25 +127,43 @@ def test_many_packets_come_from_one_recv_even_split_across_two() -> None:
     broker.close()
 
 
-def test_bytes_of_a_closed_connection_never_reach_the_next() -> None:
+def test_loop_read_takes_every_buffered_packet_beyond_paho_s_count() -> None:
+    """paho reads as many packets as it has messages in flight; the rest of the buffer
+    must not wait for the socket's next data (the socket is no longer readable for them)."""
     client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     acked: list[int] = []
     client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
     first = client.publish("a/b", b"x", qos=1).mid
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    pingresp = b"\xd0\x00"
+    broker.sendall(pingresp + _pubacks([first]))  # two packets, one message in flight
+    assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert acked == [first]
+    assert not client.input_pending()
+    ours.close()
+    broker.close()
+
+
+def test_bytes_of_a_closed_connection_never_reach_the_next() -> None:
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    acked: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
+    mid = client.publish("a/b", b"x", qos=1).mid
     old, old_broker = socket.socketpair()
     old.setblocking(False)
     client._sock = old
-    old_broker.sendall(_pubacks([first, 7, 8]))  # paho takes one packet per message it holds
-    assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert acked == [first]
-    assert client.input_pending()  # two packets read from the socket, not taken
-    second = client.publish("a/b", b"y", qos=1).mid
+    old_broker.sendall(b"\x40\x02\x00\x07\x40\x02")  # what a connection left unread
+    assert client._sock_recv(1) == b"\x40"  # one recv() took it all
+    assert client.input_pending()
     new, new_broker = socket.socketpair()
     new.setblocking(False)
-    client._sock = new  # a reconnection
+    client._sock = new  # a reconnection (paho starts a fresh packet)
+    client._in_packet["command"] = 0
     assert not client.input_pending()
-    new_broker.sendall(_pubacks([second]))
+    new_broker.sendall(_pubacks([mid]))
     _read_all(client)
-    assert acked == [first, second]
+    assert acked == [mid]
     for sock in (old, old_broker, new, new_broker):
         sock.close()

@@ -71,8 +71,8 @@ class Client(paho.Client):
         and paho's small reads are served from it; after a short one, the end of the data
         is reported without asking the kernel again (the socket stays readable for the loop
         if more has come since: it is level-triggered). The bytes of a closed connection
-        never reach the next one's packets. Callers that wait on the socket must read on
-        while :meth:`input_pending` (``Driver._read_all``)."""
+        never reach the next one's packets; :meth:`loop_read` reads on while any are
+        buffered (docs/paho.md §17.2)."""
         if self._in_sock is not self._sock:  # a new connection
             self._in_sock, self._in_bytes, self._in_pos = self._sock, b"", 0
             self._in_drained = False
@@ -89,10 +89,22 @@ class Client(paho.Client):
         self._in_pos = pos + bufsize
         return self._in_bytes[pos : pos + bufsize]
 
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's, reading on while the buffer holds bytes: paho stops after as many
+        packets as it has messages in flight, and what it leaves in the buffer would wait
+        for the socket's next data - also in paho's own network thread (``publish_once``)."""
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered():
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _buffered(self) -> bool:
+        return self._in_pos < len(self._in_bytes) and self._in_sock is self._sock
+
     def input_pending(self) -> bool:
         """Bytes read from the socket that paho has not taken yet (here, or decrypted in
         the SSL object): the socket is not readable for them."""
-        if self._in_pos < len(self._in_bytes) and self._in_sock is self._sock:
+        if self._buffered():
             return True
         sock = self._sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
