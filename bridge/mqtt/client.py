@@ -86,8 +86,13 @@ class Client(paho.Client):
                 return data  # the broker closed the connection
             self._in_drained = len(data) < READ_SIZE
             self._in_bytes, pos = data, 0
-        self._in_pos = pos + bufsize
-        return self._in_bytes[pos : pos + bufsize]
+        end = pos + bufsize
+        chunk = self._in_bytes[pos:end]
+        if end >= len(self._in_bytes):  # all taken: a thousand idle clients keep nothing
+            self._in_bytes, self._in_pos = b"", 0
+        else:
+            self._in_pos = end
+        return chunk
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """paho's, reading on while the buffer holds bytes: paho stops after as many
