@@ -103,13 +103,24 @@ def _read_all(client: Client) -> None:
     assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
-def test_many_packets_come_from_one_recv_even_split_across_two() -> None:
+def _publishing(messages: int) -> tuple[Client, list[int], list[int]]:
+    """A client holding ``messages`` QoS 1 messages; the mids, and the list of those acked."""
     client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     acked: list[int] = []
     client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
-    mids = [client.publish("a/b", b"x", qos=1).mid for _ in range(5)]
+    return client, [client.publish("a/b", b"x", qos=1).mid for _ in range(messages)], acked
+
+
+def _socket_pair() -> tuple[socket.socket, socket.socket]:
+    """(the client's end, non-blocking as paho's; the broker's end)."""
     ours, broker = socket.socketpair()
     ours.setblocking(False)
+    return ours, broker
+
+
+def test_many_packets_come_from_one_recv_even_split_across_two() -> None:
+    client, mids, acked = _publishing(5)
+    ours, broker = _socket_pair()
     counting = _CountingSocket(ours)
     client._sock = counting  # type: ignore[assignment]
     pubacks = _pubacks(mids)
@@ -130,40 +141,31 @@ def test_many_packets_come_from_one_recv_even_split_across_two() -> None:
 def test_loop_read_takes_every_buffered_packet_beyond_paho_s_count() -> None:
     """paho reads as many packets as it has messages in flight; the rest of the buffer
     must not wait for the socket's next data (the socket is no longer readable for them)."""
-    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    acked: list[int] = []
-    client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
-    first = client.publish("a/b", b"x", qos=1).mid
-    ours, broker = socket.socketpair()
-    ours.setblocking(False)
+    client, mids, acked = _publishing(1)
+    ours, broker = _socket_pair()
     client._sock = ours
     pingresp = b"\xd0\x00"
-    broker.sendall(pingresp + _pubacks([first]))  # two packets, one message in flight
+    broker.sendall(pingresp + _pubacks(mids))  # two packets, one message in flight
     assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert acked == [first]
+    assert acked == mids
     assert not client.input_pending()
     ours.close()
     broker.close()
 
 
 def test_bytes_of_a_closed_connection_never_reach_the_next() -> None:
-    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    acked: list[int] = []
-    client.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
-    mid = client.publish("a/b", b"x", qos=1).mid
-    old, old_broker = socket.socketpair()
-    old.setblocking(False)
+    client, mids, acked = _publishing(1)
+    old, old_broker = _socket_pair()
     client._sock = old
     old_broker.sendall(b"\x40\x02\x00\x07\x40\x02")  # what a connection left unread
     assert client._sock_recv(1) == b"\x40"  # one recv() took it all
     assert client.input_pending()
-    new, new_broker = socket.socketpair()
-    new.setblocking(False)
+    new, new_broker = _socket_pair()
     client._sock = new  # a reconnection (paho starts a fresh packet)
     client._in_packet["command"] = 0
     assert not client.input_pending()
-    new_broker.sendall(_pubacks([mid]))
+    new_broker.sendall(_pubacks(mids))
     _read_all(client)
-    assert acked == [mid]
+    assert acked == mids
     for sock in (old, old_broker, new, new_broker):
         sock.close()
