@@ -141,17 +141,25 @@ class Answerer:
         self._timer: asyncio.TimerHandle | None = None
         self.withdrawn = 0  # reads that a command from MQTT answered in time
 
-    def reads(self, frames: list[Frame], first_seq: int) -> None:
-        """The frames of one read, whose events get ``first_seq``, ``first_seq + 1``, ...;
-        called before they are published, so that an answer given now is on its event."""
+    def reads(self, frames: list[Frame], first_seq: int) -> list[LocalAnswer]:
+        """The frames of one read, whose events get ``first_seq``, ``first_seq + 1``, ...:
+        the answers to give at once. Called before the events are published, so that each
+        answer is marked on its event; the caller then publishes them and :meth:`give`s
+        the answers - the event reaches the broker first, its answer right after."""
         now = time.monotonic()
+        answers = []
         for index, frame in enumerate(frames):
             if not is_read(frame.fields):
                 continue
             read = (first_seq + index, tag_of(frame.fields))
             if self._edge.read(read, now, self._link.is_connected):
-                self._answer(read, now, unless_answered=False)
+                answers.append(self._answer(read, now, unless_answered=False))
         self._arm()
+        return answers
+
+    def give(self, answers: list[LocalAnswer]) -> None:
+        for answer in answers:
+            self._sink.submit_local(answer)
 
     def command_reached(self, at: float) -> None:
         """A command from MQTT was written to the reader at ``at`` (monotonic)."""
@@ -162,11 +170,13 @@ class Answerer:
             self._timer.cancel()
             self._timer = None
 
-    def _answer(self, read: tuple[int, str | None], read_at: float, unless_answered: bool) -> None:
+    def _answer(
+        self, read: tuple[int, str | None], read_at: float, unless_answered: bool
+    ) -> LocalAnswer:
         seq, tag = read
         word = self.options.reply or self._allow().answer(tag)
         self._link.note_reply(seq, word)
-        self._sink.submit_local(LocalAnswer(word, tag, read_at, time.monotonic(), unless_answered))
+        return LocalAnswer(word, tag, read_at, time.monotonic(), unless_answered)
 
     def _allow(self) -> AllowList:
         assert self._file is not None  # without a reply, options name an allow file
@@ -179,6 +189,6 @@ class Answerer:
 
     def _due(self) -> None:
         self._timer = None
-        for read_at, read in self._edge.due(time.monotonic()):
-            self._answer(read, read_at, unless_answered=True)
+        due = self._edge.due(time.monotonic())
+        self.give([self._answer(read, read_at, unless_answered=True) for read_at, read in due])
         self._arm()

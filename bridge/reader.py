@@ -260,6 +260,30 @@ class ReaderLink:
             self._last_write = time.monotonic()
             return
 
+    def write_now(self, data: bytes, gap: float = 0.0) -> bool:
+        """Write ``data`` whole now, if the link is up, no write waits for room, and ``gap``
+        s have passed since the last write; else write nothing and say False (the caller
+        takes :meth:`send`'s way). A short write, which a small command into a socket that
+        had room does not meet, restarts the link: the rest must never follow late."""
+        conn = self._conn
+        if conn is None or not self.is_up or conn.writable is not None:
+            return False
+        if time.monotonic() < self._last_write + gap:
+            return False
+        try:
+            written = conn.sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._abort(conn, describe_error(exc))
+            return False
+        if written < len(data):
+            self._abort(conn, "the reader took only part of a command")
+            return False
+        self._last_write = time.monotonic()
+        self._watch_stall(conn)
+        return True
+
     async def _write(self, conn: _Connection, data: bytes, deadline: float) -> None:
         view = memoryview(data)
         while view:

@@ -41,6 +41,11 @@ class CommandSender(Protocol):
         """Write before ``deadline`` or raise :class:`CommandNotSentError`."""
         ...
 
+    def write_now(self, data: bytes, gap: float = 0.0) -> bool:
+        """Write ``data`` whole at once if nothing stands in the way; else write nothing
+        and say False (:meth:`send` then)."""
+        ...
+
 
 class ResultSink(Protocol):
     def publish_result(self, result: Result | LocalResult) -> None: ...
@@ -106,6 +111,8 @@ class CommandWorker:
         self.local = dict.fromkeys(LOCAL_OUTCOMES, 0)  # local answers, by outcome
         self.last_reached = float("-inf")  # time.monotonic(): a command from MQTT was written
         self.on_reached: Callable[[float], None] = lambda at: None  # told of each such write
+        self._idle = False  # the worker task waits for the queue (not before it runs)
+        self._words: dict[str, Command] = {}  # local answer words, parsed once
 
     def submit(self, incoming: IncomingCommand) -> None:
         """From the MQTT link, as the message arrives: never blocks."""
@@ -116,7 +123,11 @@ class CommandWorker:
             self._reply(incoming, transaction, error="too many commands waiting; dropped")
 
     def submit_local(self, answer: LocalAnswer) -> None:
-        """From the answerer, as the read arrives: never blocks."""
+        """From the answerer, as the read arrives: never blocks. Written at once when
+        nothing waits before it and the reader link takes it (:meth:`_answer_now`), else
+        queued like any command."""
+        if self._idle and self._queue.empty() and self._answer_now(answer):
+            return
         try:
             self._queue.put_nowait(answer)
         except asyncio.QueueFull:
@@ -124,7 +135,9 @@ class CommandWorker:
 
     async def run(self) -> None:
         while True:
+            self._idle = True
             incoming = await self._queue.get()
+            self._idle = False
             try:
                 await self.handle(incoming)
             except Exception:  # a bug with one command must not silence the next ones
@@ -151,13 +164,26 @@ class CommandWorker:
         log.info("command sent to the reader: %s", command.encode().decode())
         self._reply(incoming, command.transaction, sent=dict(command.as_dict()))
 
+    def _answer_now(self, answer: LocalAnswer) -> bool:
+        """A local answer handled in the caller's turn, without the hop through the queue
+        and the worker task: True if it is done (withdrawn, or written whole now)."""
+        if self._withdrawn(answer):
+            return True
+        try:
+            command = self._local_command(answer.word)
+        except CommandError:  # the queue's way says why
+            return False
+        if not self._sender.write_now(command.encode() + self.options.delimiter, self.options.gap):
+            return False
+        self._local_sent(answer, command)
+        return True
+
     async def _answer(self, answer: LocalAnswer) -> None:
         """A local answer: validated like a command from MQTT (BRIDGE_COMMAND_FIELDS)."""
-        if answer.unless_answered and self.last_reached >= answer.read_at:
-            self.local["withdrawn"] += 1  # answered from MQTT while it waited here
+        if self._withdrawn(answer):
             return
         try:
-            command = parse_command(answer.word.encode(), self.options.allowed_fields)
+            command = self._local_command(answer.word)
         except CommandError as exc:  # the settings check rules this out; say it if not
             self._answered(answer, error=str(exc))
             return
@@ -166,6 +192,23 @@ class CommandWorker:
             self.local["expired"] += 1
             self._answered(answer, error=problem)
             return
+        self._local_sent(answer, command)
+
+    def _local_command(self, word: str) -> Command:
+        """The command for an answer word, validated like one from MQTT
+        (BRIDGE_COMMAND_FIELDS) once; :class:`CommandError` if it is refused."""
+        if word not in self._words:
+            self._words[word] = parse_command(word.encode(), self.options.allowed_fields)
+        return self._words[word]
+
+    def _withdrawn(self, answer: LocalAnswer) -> bool:
+        """A command from MQTT reached the reader since the read (``unanswered``)."""
+        if answer.unless_answered and self.last_reached >= answer.read_at:
+            self.local["withdrawn"] += 1
+            return True
+        return False
+
+    def _local_sent(self, answer: LocalAnswer, command: Command) -> None:
         self.local["sent"] += 1
         log.info("local answer sent to the reader: %s", answer.word)
         self._answered(answer, sent=dict(command.as_dict()))

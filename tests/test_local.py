@@ -235,7 +235,8 @@ def answerer(
 def test_a_fixed_reply_answers_reads_at_once_and_marks_their_events():
     async def run() -> tuple[FakeSink, FakeLink]:
         answers, sink, link = answerer(LocalOptions("accept", None, "always", 1.5))
-        answers.reads([frame("04A1", "Insert"), frame("04A1", "Remove"), frame("04B2")], 100)
+        read = [frame("04A1", "Insert"), frame("04A1", "Remove"), frame("04B2")]
+        answers.give(answers.reads(read, 100))
         return sink, link
 
     sink, link = asyncio.run(run())
@@ -256,7 +257,8 @@ def test_offline_answers_exactly_the_reads_made_while_the_broker_is_down(script:
             if kind in ("up", "down"):
                 link.is_connected = kind == "up"
                 continue
-            answers.reads([frame("04A1", "Insert" if kind == "read" else "Remove")], seq)
+            read = [frame("04A1", "Insert" if kind == "read" else "Remove")]
+            answers.give(answers.reads(read, seq))
             if kind == "read" and not link.is_connected:
                 expected.append(seq)
             seq += 1
@@ -272,10 +274,10 @@ def test_unanswered_reads_are_answered_after_the_delay_unless_a_command_came():
     async def run() -> tuple[FakeSink, float, float]:
         answers, sink, _ = answerer(LocalOptions("wink", None, "unanswered", 0.05))
         loop = asyncio.get_running_loop()
-        answers.reads([frame("04A1")], 1)
+        answers.give(answers.reads([frame("04A1")], 1))
         read_at = loop.time()
         answers.command_reached(loop.time())  # answered centrally
-        answers.reads([frame("04B2")], 2)
+        answers.give(answers.reads([frame("04B2")], 2))
         while not sink.answers:
             await asyncio.sleep(0.01)
         return sink, read_at, loop.time()

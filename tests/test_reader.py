@@ -379,6 +379,37 @@ def test_sends_are_spaced_by_the_gap_and_never_pushed_past_the_deadline(
     assert sim.commands.get(timeout=5) == {"Sequence": "05"}  # the refused one never followed
 
 
+def test_write_now_writes_a_command_whole_at_once_or_nothing(
+    sim: Simulator, start_link: StartLink
+) -> None:
+    port = free_port()
+    down = start_link(port)
+    assert not down.loop.ask(lambda: down.link.write_now(b'{"Sequence":"60"}'))  # link down
+    run = start_link(sim.port)
+    run.wait_state(up=True)
+    assert run.loop.ask(lambda: run.link.write_now(b'{"Sequence":"0E"}', 0.5))
+    # within the gap: nothing written, the caller takes send()'s way
+    assert not run.loop.ask(lambda: run.link.write_now(b'{"Sequence":"61"}', 0.5))
+    run.send(b'{"Sequence":"05"}', time.monotonic() + 3)
+    assert sim.commands.get(timeout=5) == {"Sequence": "0E"}
+    assert sim.commands.get(timeout=5) == {"Sequence": "05"}  # TCP keeps order: no 61
+
+
+def test_write_now_restarts_the_link_rather_than_leave_half_a_command_to_follow_later(
+    start_link: StartLink,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a reader that never reads
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        run = start_link(server.getsockname()[1])
+        peer, _ = server.accept()
+        with peer:
+            peer.send(b'{"TagId":"01"}')  # data: the link counts as up at once
+            run.wait_state(up=True)
+            too_big = b"x" * 8_000_000  # more than the socket takes: a short write
+            assert not run.loop.ask(lambda: run.link.write_now(too_big))
+            assert "only part of a command" in run.wait_state(up=False)
+
+
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
 def test_reader_closing_or_resetting_is_told_and_reconnected_quickly(
     start_link: StartLink, reset: bool

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -32,16 +33,24 @@ OPTIONS = CommandOptions(
 
 
 class FakeSender:
-    """Records each write with its deadline; can be told to fail like a link that is down."""
+    """Records each write with its deadline; can be told to fail like a link that is down,
+    and to take writes at once (``takes_now``) like a link that is up and idle."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, float, float]] = []
         self.failure: str | None = None
+        self.takes_now = False
+        self.written_now: list[tuple[bytes, float]] = []
 
     async def send(self, data: bytes, deadline: float, gap: float = 0.0) -> None:
         if self.failure is not None:
             raise CommandNotSentError(self.failure)
         self.sent.append((data, deadline, gap))
+
+    def write_now(self, data: bytes, gap: float = 0.0) -> bool:
+        if self.takes_now:
+            self.written_now.append((data, gap))
+        return self.takes_now
 
 
 class FakeResults:
@@ -242,3 +251,54 @@ def test_a_local_answer_with_sequence_not_allowed_is_refused_not_sent():
     handle(worker, local())
     assert sender.sent == []
     assert results.bodies()[0]["ok"] is False
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Let the loop run the worker task until ``done()``."""
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the worker did not get there")
+
+
+def test_a_local_answer_is_written_in_the_read_turn_when_nothing_waits_before_it():
+    async def run() -> None:
+        worker, sender, results = make()
+        sender.takes_now = True
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0)  # the task's first step: it waits for its queue
+        worker.submit_local(local())
+        # no turn of the loop since: written, and reported, by submit_local itself
+        assert sender.written_now == [(b'{"Sequence":"60"}\r\n', 0.0)]
+        assert sender.sent == []
+        assert results.bodies()[0]["sent"] == {"Sequence": "60"}
+        assert worker.local["sent"] == 1
+        worker.last_reached = time.monotonic()  # a command from MQTT answered the next read
+        worker.submit_local(local(read_at=worker.last_reached - 1, unless=True))
+        assert worker.local["withdrawn"] == 1
+        assert len(sender.written_now) == 1
+        task.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_local_answer_never_overtakes_a_command_waiting_before_it():
+    async def run() -> tuple[FakeSender, FakeResults]:
+        worker, sender, results = make()
+        sender.takes_now = True
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0)  # the task's first step: it waits for its queue
+        worker.submit(command(b"deny"))
+        worker.submit_local(local())
+        await until(lambda: len(results.results) == 2)
+        task.cancel()
+        return sender, results
+
+    sender, results = asyncio.run(run())
+    assert sender.written_now == []  # both went the queue's way, in their order
+    assert [data for data, _, _ in sender.sent] == [
+        b'{"Sequence":"61"}\r\n',
+        b'{"Sequence":"60"}\r\n',
+    ]
+    assert [body.get("local") for body in results.bodies()] == [None, True]
