@@ -71,7 +71,14 @@ FLEET = {
     "fleet_latency_p999_ms",
     "fleet_events_lost",
 }
-FLOOD = {"flood_eps", "single_saturation_eps", "flood_lost"}
+FLOOD = {
+    "flood_eps",
+    "single_saturation_eps",
+    "flood_cpu_us",
+    "single_cpu_us",
+    "flood_busy_cores",
+    "flood_lost",
+}
 
 
 def run_bench(tmp_path: Path, *flags: str) -> tuple[str, dict[str, Any]]:
@@ -189,7 +196,7 @@ def test_short_fleet_run_reports_every_fleet_figure_and_loses_nothing(tmp_path: 
     assert "2 processes" in output  # the second table
     metrics = report["metrics"]
     assert set(metrics) == FLEET | FLOOD
-    for key in FLEET | {"flood_eps", "flood_lost"}:
+    for key in FLEET | {"flood_eps", "flood_cpu_us", "flood_busy_cores", "flood_lost"}:
         for path in ("bridge", "baseline"):
             value = metrics[key][path]
             assert isinstance(value, int | float), (key, path, value)
@@ -197,10 +204,13 @@ def test_short_fleet_run_reports_every_fleet_figure_and_loses_nothing(tmp_path: 
     for key in ("fleet_cpu_pct", "fleet_pss_mb", "fleet_latency_p50_ms", "flood_eps"):
         assert metrics[key]["ratio"] > 0, key
     assert metrics["single_saturation_eps"]["bridge"] > 0
+    assert metrics["single_cpu_us"]["bridge"] > 0
+    # /proc ticks (10 ms) over a 2 s flood: a little over the core count is their rounding
+    assert 0 < metrics["flood_busy_cores"]["bridge"] <= (os.cpu_count() or 1) + 0.1
     for key in ("fleet_events_lost", "flood_lost"):  # every reader's counters complete
         assert metrics[key]["bridge"] == 0
         assert metrics[key]["baseline"] == 0
-    for key in ("fleet_ready_s", "fleet_cpu_pct", "fleet_pss_mb", "flood_eps"):
+    for key in ("fleet_ready_s", "fleet_cpu_pct", "fleet_pss_mb", "flood_eps", "flood_cpu_us"):
         assert isinstance(metrics[key]["met"], bool), key
     processes = report["processes_metrics"]
     assert set(processes) == FLEET

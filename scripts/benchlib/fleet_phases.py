@@ -67,6 +67,8 @@ class Flood:
     seconds: float
     events_per_s: int  # arrived within the time, divided by it
     lost: int
+    cpu_us_per_event: float | None  # the path's own CPU (its processes) per event arrived
+    busy_cores: float  # the whole machine's, over the flood: saturated near the core count
 
 
 def latency_of(ordered: list[int]) -> Latency | None:
@@ -248,10 +250,13 @@ def flood_phase(rig: FleetRig, sut: FleetSut, readers: int) -> Flood:
     before = sut.cpu()
     arrived, ran = rig.closed_loop(sut, readers, seconds)
     used = sut.cpu() - before
+    machine = context.read()
     rig.drain(tracks, quiet=10.0, limit=300.0)
     latency = latency_of(rig.recorder.take_latencies())
     lost = sum(track.missing(n) for track, n in zip(tracks, first, strict=True))
-    flood = Flood(readers, round(ran, 2), round(arrived / ran), lost)
+    per_event = round(used.cpu_ns / 1e3 / arrived, 2) if arrived else None
+    busy = machine["machine_busy_cores"]
+    flood = Flood(readers, round(ran, 2), round(arrived / ran), lost, per_event, busy)
     rig.records.append(
         {
             "phase": f"flood of {readers}",
@@ -260,11 +265,13 @@ def flood_phase(rig: FleetRig, sut: FleetSut, readers: int) -> Flood:
             "sent": sum(track.sent - n for track, n in zip(tracks, first, strict=True)),
             "cpu_pct_of_core": round(100 * used.cpu_ns / 1e9 / ran, 2),
             "latency_ms": None if latency is None else asdict(latency),
-            "context": context.read(),
+            "context": machine,
         }
     )
     rig.say(
         f"flood of {readers} {sut.name}: {flood.events_per_s:,} events/s over {ran:.1f} s, "
+        f"{per_event} us of its CPU per event, machine busy {busy} cores "
+        f"(broker {machine['broker_cpu_pct']} %, bench {machine['bench_cpu_pct']} %), "
         f"lost {lost}"
     )
     return flood
