@@ -94,41 +94,32 @@ def _rows(run: FleetRun, first: FleetKind, second: FleetKind, n: int, window: fl
     }
 
 
+FLOOD_ROWS: list[tuple[str, str, str, str, bool]] = [
+    ("flood_eps", "flood: {n} readers as fast as taken, total (closed loop)", "events/s",
+     "events_per_s", False),
+    ("single_saturation_eps", "one-reader bridge, QoS 1 saturation (closed loop)", "events/s",
+     "events_per_s", False),
+    ("flood_cpu_us", "flood of {n}: the path's own CPU per event", "us", "cpu_us_per_event",
+     False),
+    ("single_cpu_us", "one-reader bridge saturation: its own CPU per event", "us",
+     "cpu_us_per_event", False),
+    ("flood_busy_cores", "flood of {n}: machine busy (bridge, broker, bench), cores", "cores",
+     "busy_cores", False),
+    ("flood_lost", "flood: events lost", "events", "lost", True),
+]  # fmt: skip
+"""The flood's rows: key, label, unit, the :class:`Flood` field, summed over the runs. The
+``single_`` rows are the one-reader bridge's; the others, the fleet's and the bare path's."""
+
+
 def fleet_rows(run: FleetRun, n: int, window: float, flooders: int) -> Rows:
     rows = _rows(run, "bridge", "baseline", n, window)
-    flood = run.flood
-    rows["flood_eps"] = Row(
-        f"flood: {flooders} readers as fast as taken, total (closed loop)",
-        "events/s",
-        Pair(flood["bridge"].events_per_s, flood["baseline"].events_per_s),
-    )
-    single = flood.get("single")
-    rows["single_saturation_eps"] = Row(
-        "one-reader bridge, QoS 1 saturation (closed loop)",
-        "events/s",
-        Pair(None if single is None else single.events_per_s, None),
-    )
-    rows["flood_cpu_us"] = Row(
-        f"flood of {flooders}: the path's own CPU per event",
-        "us",
-        Pair(flood["bridge"].cpu_us_per_event, flood["baseline"].cpu_us_per_event),
-    )
-    rows["single_cpu_us"] = Row(
-        "one-reader bridge saturation: its own CPU per event",
-        "us",
-        Pair(None if single is None else single.cpu_us_per_event, None),
-    )
-    rows["flood_busy_cores"] = Row(
-        f"flood of {flooders}: machine busy (bridge, broker, bench), cores",
-        "cores",
-        Pair(flood["bridge"].busy_cores, flood["baseline"].busy_cores),
-    )
-    rows["flood_lost"] = Row(
-        "flood: events lost",
-        "events",
-        Pair(flood["bridge"].lost, flood["baseline"].lost),
-        summed=True,
-    )
+    flood, single = run.flood, run.flood.get("single")
+    for key, label, unit, field, summed in FLOOD_ROWS:
+        if key.startswith("single_"):
+            pair = Pair(None if single is None else getattr(single, field), None)
+        else:
+            pair = Pair(getattr(flood["bridge"], field), getattr(flood["baseline"], field))
+        rows[key] = Row(label.format(n=flooders), unit, pair, summed)
     return rows
 
 
