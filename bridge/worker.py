@@ -126,8 +126,13 @@ class CommandWorker:
         """From the answerer, as the read arrives: never blocks. Written at once when
         nothing waits before it and the reader link takes it (:meth:`_answer_now`), else
         queued like any command."""
-        if self._idle and self._queue.empty() and self._answer_now(answer):
-            return
+        if self._idle and self._queue.empty():
+            try:
+                if self._answer_now(answer):
+                    return
+            except Exception:  # as in run(); raised in the reader's callback, it would be fatal
+                log.exception("local answer handling failed")
+                return
         try:
             self._queue.put_nowait(answer)
         except asyncio.QueueFull:

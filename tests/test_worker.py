@@ -302,3 +302,24 @@ def test_a_local_answer_never_overtakes_a_command_waiting_before_it():
         b'{"Sequence":"60"}\r\n',
     ]
     assert [body.get("local") for body in results.bodies()] == [None, True]
+
+
+def test_a_bug_while_answering_in_the_read_turn_is_logged_not_raised_into_the_reader(
+    caplog: pytest.LogCaptureFixture,
+):
+    class BrokenSender(FakeSender):
+        def write_now(self, data: bytes, gap: float = 0.0) -> bool:
+            raise RuntimeError("a bug")
+
+    async def run() -> FakeResults:
+        results = FakeResults()
+        worker = CommandWorker(OPTIONS, BrokenSender(), results, "p/dev/rdr/cmd")
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0)  # the task's first step: it waits for its queue
+        worker.submit_local(local())  # must not raise: the caller is the reader's callback
+        task.cancel()
+        return results
+
+    results = asyncio.run(run())
+    assert results.results == []
+    assert "local answer handling failed" in caplog.text
