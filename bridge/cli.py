@@ -160,6 +160,9 @@ def _settings(
         raise
     logs.configure(settings.log_level, settings.log_format, settings.resolved_device_id())
     _warn_unknown(env_file)
+    if settings.readers_file is None:  # in a fleet, they are defaults for the readers' tables
+        for line in settings.ignored_settings():
+            log.warning("%s", line)
     return settings
 
 

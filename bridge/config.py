@@ -182,6 +182,16 @@ class Settings(Variables):
         when = self.local_when or ("always" if allow is None else "unanswered")
         return LocalOptions(reply, allow, when, self.local_after)
 
+    def ignored_settings(self) -> list[str]:
+        """Settings given that do nothing here, one line each: a WARNING, not an error,
+        because in a fleet the same values are defaults that other readers use."""
+        if self.local_when is not None and self.local_reply == "off" and not self.local_allow_file:
+            return [
+                f"BRIDGE_LOCAL_WHEN={self.local_when}: ignored, as neither BRIDGE_LOCAL_REPLY "
+                "nor BRIDGE_LOCAL_ALLOW_FILE is set: the bridge answers no read itself"
+            ]
+        return []
+
     def _password(self) -> Secret | None:
         problems = self._credential_problems()
         if problems:

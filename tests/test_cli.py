@@ -266,6 +266,32 @@ def test_unknown_variable_warned_with_the_nearest_name(tmp_path: Path):
     assert "environment" in line
 
 
+def test_local_when_without_a_reply_or_an_allow_file_is_warned_about(tmp_path: Path):
+    result = subprocess.run(
+        bridge_command("check"),
+        cwd=tmp_path,
+        env=unknown_env(BRIDGE_LOCAL_WHEN="offline"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1  # the links fail, not the settings
+    (line,) = warnings_naming(result.stderr, "BRIDGE_LOCAL_WHEN")
+    assert "WARNING" in line
+    assert "answers no read itself" in line
+    with_reply = subprocess.run(
+        bridge_command("check"),
+        cwd=tmp_path,
+        env=unknown_env(BRIDGE_LOCAL_WHEN="offline", BRIDGE_LOCAL_REPLY="accept"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert warnings_naming(with_reply.stderr, "BRIDGE_LOCAL_WHEN") == []
+
+
 def test_retired_variable_in_env_file_says_what_replaced_it(tmp_path: Path):
     (tmp_path / "bridge.env").write_text("BRIDGE_OUTBOX_SIZE=10000\nBRIDGE_LOG_LEVEL=INFO\n")
     result = subprocess.run(
