@@ -249,63 +249,52 @@ def warnings_naming(stderr: str, variable: str) -> list[str]:
     return [line for line in stderr.splitlines() if variable in line]
 
 
-def test_unknown_variable_warned_with_the_nearest_name(tmp_path: Path):
-    result = subprocess.run(
-        bridge_command("check"),
+def check_with(
+    tmp_path: Path, env: dict[str, str], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``check`` in ``tmp_path`` with ``env``: exit 1 when the settings are good (nothing
+    listens at the reader's and the broker's port)."""
+    return subprocess.run(
+        bridge_command("check", *flags),
         cwd=tmp_path,
-        env=unknown_env(BRIDGE_READER_KEEPALIVEE="10"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def warning_of_check(tmp_path: Path, env: dict[str, str], variable: str, *flags: str) -> str:
+    """The one line of ``check``'s log naming ``variable``: a WARNING, the settings good."""
+    result = check_with(tmp_path, env, *flags)
     assert result.returncode == 1  # the links fail, not the settings
-    (line,) = warnings_naming(result.stderr, "BRIDGE_READER_KEEPALIVEE")
+    (line,) = warnings_naming(result.stderr, variable)
     assert "WARNING" in line
+    return line
+
+
+def test_unknown_variable_warned_with_the_nearest_name(tmp_path: Path):
+    env = unknown_env(BRIDGE_READER_KEEPALIVEE="10")
+    line = warning_of_check(tmp_path, env, "BRIDGE_READER_KEEPALIVEE")
     assert "did you mean BRIDGE_READER_KEEPALIVE?" in line
     assert "environment" in line
 
 
 def test_local_when_without_a_reply_or_an_allow_file_is_warned_about(tmp_path: Path):
-    result = subprocess.run(
-        bridge_command("check"),
-        cwd=tmp_path,
-        env=unknown_env(BRIDGE_LOCAL_WHEN="offline"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 1  # the links fail, not the settings
-    (line,) = warnings_naming(result.stderr, "BRIDGE_LOCAL_WHEN")
-    assert "WARNING" in line
-    assert "answers no read itself" in line
-    with_reply = subprocess.run(
-        bridge_command("check"),
-        cwd=tmp_path,
-        env=unknown_env(BRIDGE_LOCAL_WHEN="offline", BRIDGE_LOCAL_REPLY="accept"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    env = unknown_env(BRIDGE_LOCAL_WHEN="offline")
+    assert "answers no read itself" in warning_of_check(tmp_path, env, "BRIDGE_LOCAL_WHEN")
+    with_reply = check_with(
+        tmp_path, unknown_env(BRIDGE_LOCAL_WHEN="offline", BRIDGE_LOCAL_REPLY="accept")
     )
     assert warnings_naming(with_reply.stderr, "BRIDGE_LOCAL_WHEN") == []
 
 
 def test_retired_variable_in_env_file_says_what_replaced_it(tmp_path: Path):
     (tmp_path / "bridge.env").write_text("BRIDGE_OUTBOX_SIZE=10000\nBRIDGE_LOG_LEVEL=INFO\n")
-    result = subprocess.run(
-        bridge_command("check", "--env-file", "bridge.env"),
-        cwd=tmp_path,
-        env=unknown_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    line = warning_of_check(
+        tmp_path, unknown_env(), "BRIDGE_OUTBOX_SIZE", "--env-file", "bridge.env"
     )
-    assert result.returncode == 1
-    (line,) = warnings_naming(result.stderr, "BRIDGE_OUTBOX_SIZE")
-    assert "WARNING" in line
     assert "bridge.env" in line
     assert "no longer used" in line
     assert "BRIDGE_SPOOL_MAX_MB" in line
