@@ -1,9 +1,10 @@
 """Owns the one TCP connection the reader allows: connect, read, write, reconnect - from the
 event loop, without a thread and without a timer while the reader is silent.
 
-This module is the only one that touches the reader's socket. It reads bytes and hands them
-to :class:`bridge.protocol.StreamDecoder`, then the frames to its :class:`ReaderSink`; it
-writes commands with a deadline and never after it. It does not know about MQTT. A dead
+This module and the connection it holds (``bridge.reader_connection``: the socket's writes and
+the stall watch) are the only ones that touch the reader's socket. It reads bytes and hands
+them to :class:`bridge.protocol.StreamDecoder`, then the frames to its :class:`ReaderSink`;
+it writes commands with a deadline and never after it. It does not know about MQTT. A dead
 reader host is noticed by TCP keepalive (the kernel's timers, not ours); a command written to
 a host that died is noticed by a check armed only while written data is unacknowledged.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import time
@@ -22,8 +22,9 @@ from typing import Protocol
 from bridge.backoff import Backoff
 from bridge.logs import Throttle
 from bridge.options import ReaderOptions
-from bridge.protocol import Frame, Skipped, StreamDecoder
-from bridge.tcp import describe_error, open_socket, unacknowledged
+from bridge.protocol import Frame, Skipped
+from bridge.reader_connection import CommandNotSentError, ReaderConnection
+from bridge.tcp import describe_error, open_socket
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,7 @@ SETTLE = 0.5
 """Seconds a new connection must stay open (or deliver data) before the link counts as up."""
 STABLE_LINK = 10.0
 """A link that stayed up this long (or delivered data) resets the reconnect backoff."""
-STALL_CHECK = 1.0
-"""Seconds between two looks at written data the reader host has not acknowledged."""
 _DOWN = "reader-down"
-
-
-class CommandNotSentError(Exception):
-    """A command could not be written before its deadline; ``str()`` says why."""
 
 
 class ReaderSink(Protocol):
@@ -60,20 +55,6 @@ class ReaderCounters:
     last_frame_at: float | None = None  # time.monotonic() of the last frame; None before any
 
 
-@dataclass
-class _Connection:
-    """One TCP connection to the reader, while it lasts."""
-
-    sock: socket.socket
-    decoder: StreamDecoder
-    ended: asyncio.Future[str]  # why it ended
-    opened_at: float
-    received: int = 0
-    settle: asyncio.TimerHandle | None = None
-    stall: asyncio.TimerHandle | None = None
-    writable: asyncio.Future[None] | None = None
-
-
 class ReaderLink:
     """Keeps a connection to the reader and turns its bytes into frames for ``sink``."""
 
@@ -86,7 +67,7 @@ class ReaderLink:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._up = asyncio.Event()
-        self._conn: _Connection | None = None
+        self._conn: ReaderConnection | None = None
         self._last_write = 0.0
         self._throttle = Throttle(log)
         self._extra = {"device_id": options.device_id, "link": "reader"}
@@ -134,12 +115,7 @@ class ReaderLink:
         if self._stopping.is_set():  # stop() came during the connect: free the slot
             sock.close()
             return "bridge stopping"
-        conn = _Connection(
-            sock,
-            StreamDecoder(self.options.max_object),
-            self._loop.create_future(),
-            time.monotonic(),
-        )
+        conn = ReaderConnection(sock, self.options.max_object, self.options.keepalive)
         self._conn = conn
         self.counters.connects += 1
         # A busy reader may accept and close at once: the link counts as up only after it
@@ -152,13 +128,8 @@ class ReaderLink:
         finally:
             self._close(conn)
 
-    def _close(self, conn: _Connection) -> None:
-        for timer in (conn.settle, conn.stall):
-            if timer is not None:
-                timer.cancel()
-        self._loop.remove_reader(conn.sock.fileno())
-        self._loop.remove_writer(conn.sock.fileno())
-        conn.sock.close()
+    def _close(self, conn: ReaderConnection) -> None:
+        conn.close()
         self._conn = None
         was_up = self.is_up
         self._up.clear()
@@ -171,12 +142,8 @@ class ReaderLink:
 
     def _end(self, reason: str) -> None:
         """The current connection is over (``reason``): :meth:`_serve` cleans up."""
-        conn = self._conn
-        if conn is None or conn.ended.done():
-            return
-        conn.ended.set_result(reason)
-        if conn.writable is not None and not conn.writable.done():
-            conn.writable.set_exception(ConnectionResetError(errno.ECONNRESET, reason))
+        if self._conn is not None:
+            self._conn.end(reason)
 
     def _link_up(self) -> None:
         conn = self._conn
@@ -214,7 +181,7 @@ class ReaderLink:
         conn.received += len(data)
         self._dispatch(conn.decoder.feed(data))
 
-    def _closed_reason(self, conn: _Connection) -> str:
+    def _closed_reason(self, conn: ReaderConnection) -> str:
         if conn.received == 0 and time.monotonic() - conn.opened_at < QUICK_CLOSE:
             return (
                 "the reader closed the connection right after accepting it: "
@@ -256,7 +223,7 @@ class ReaderLink:
                 continue  # the link may have gone meanwhile
             conn = self._conn
             assert conn is not None  # up means connected
-            await self._write(conn, data, deadline)
+            await conn.write(data, deadline)
             self._last_write = time.monotonic()
             return
 
@@ -266,78 +233,9 @@ class ReaderLink:
         takes :meth:`send`'s way). A short write, which a small command into a socket that
         had room does not meet, restarts the link: the rest must never follow late."""
         conn = self._conn
-        if conn is None or not self.is_up or conn.writable is not None:
+        if conn is None or not self.is_up:
             return False
-        if time.monotonic() < self._last_write + gap:
-            return False
-        try:
-            written = conn.sock.send(data)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            self._abort(conn, describe_error(exc))
-            return False
-        if written < len(data):
-            self._abort(conn, "the reader took only part of a command")
+        if time.monotonic() < self._last_write + gap or not conn.write_now(data):
             return False
         self._last_write = time.monotonic()
-        self._watch_stall(conn)
         return True
-
-    async def _write(self, conn: _Connection, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[conn.sock.send(view) :]
-            except BlockingIOError:
-                await self._wait_writable(conn, len(view) < len(data), deadline)
-            except OSError as exc:
-                self._abort(conn, describe_error(exc))
-                raise CommandNotSentError(
-                    f"write to the reader failed: {describe_error(exc)}"
-                ) from None
-        self._watch_stall(conn)
-
-    async def _wait_writable(self, conn: _Connection, partial: bool, deadline: float) -> None:
-        conn.writable = self._loop.create_future()
-        self._loop.add_writer(conn.sock.fileno(), conn.writable.set_result, None)
-        try:
-            await asyncio.wait_for(conn.writable, max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            if partial:  # half a command is on the wire; the rest must never follow late
-                self._abort(conn, "the reader did not take a command before its deadline")
-            raise CommandNotSentError(
-                "the reader did not take the command before the deadline"
-            ) from None
-        except ConnectionResetError as exc:
-            raise CommandNotSentError(f"the reader link went down ({exc.strerror})") from None
-        finally:
-            if conn.sock.fileno() >= 0:  # not closed by _close() meanwhile
-                self._loop.remove_writer(conn.sock.fileno())
-            conn.writable = None
-
-    def _abort(self, conn: _Connection, reason: str) -> None:
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_RDWR)
-        self._end(reason)
-
-    def _watch_stall(self, conn: _Connection) -> None:
-        """Linux sends no keepalive probe while written data is unacknowledged, and
-        TCP_USER_TIMEOUT counts from the write: a command written to a reader that had just
-        lost power would delay noticing it to nearly twice the keepalive window. So while
-        data is in flight, no ACK for longer than the window means the reader is gone."""
-        if conn.stall is None:
-            conn.stall = self._loop.call_later(STALL_CHECK, self._check_stall, conn)
-
-    def _check_stall(self, conn: _Connection) -> None:
-        conn.stall = None
-        if conn.ended.done():
-            return
-        unacked, since_ack = unacknowledged(conn.sock)
-        if not unacked:
-            return  # all acknowledged: nothing to watch until the next write
-        if since_ack > self.options.keepalive:
-            error = TimeoutError(errno.ETIMEDOUT, "no acknowledgement from the reader host")
-            self._abort(conn, describe_error(error))
-            return
-        self._watch_stall(conn)

@@ -23,7 +23,7 @@ from bridge.logs import Throttle
 from bridge.mqtt import LocalResult, Result
 from bridge.mqtt.incoming import IncomingCommand
 from bridge.options import CommandOptions
-from bridge.reader import CommandNotSentError
+from bridge.reader_connection import CommandNotSentError
 
 log = logging.getLogger(__name__)
 

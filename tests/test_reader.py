@@ -25,7 +25,8 @@ import pytest
 from bridge.backoff import Backoff
 from bridge.config import ReaderOptions
 from bridge.protocol import Frame, Skipped
-from bridge.reader import CommandNotSentError, ReaderLink
+from bridge.reader import ReaderLink
+from bridge.reader_connection import CommandNotSentError
 from bridge.simulator import Simulator
 from bridge.tcp import describe_error, keepalive_timings
 from tests.support import LoopThread, wait_until

@@ -19,7 +19,7 @@ from bridge.commands import FIELDS
 from bridge.mqtt.incoming import IncomingCommand
 from bridge.mqtt.outgoing import LocalResult, Result
 from bridge.options import CommandOptions
-from bridge.reader import CommandNotSentError
+from bridge.reader_connection import CommandNotSentError
 from bridge.worker import CommandWorker, LocalAnswer
 
 OPTIONS = CommandOptions(
