@@ -91,8 +91,9 @@ nothing else), each reader at 1 event/s at a random phase of its second, the eve
 telling what was lost: time until all N are ``online,ready``, idle CPU (``--idle-seconds``,
 schedstat), CPU at N events/s and its ratio to the bare path's, PSS, latency p50/p99, a flood of
 10 readers as fast as each path takes (``--seconds``) next to the one-reader bridge's QoS 1
-saturation. ``--fleet-processes K`` adds K one-reader bridge processes for the same figures,
-summed. See ``benchlib/fleet_run.py`` for the order of the phases and why.
+saturation, and the flood again with the fleet in S shard processes (``--flood-shards S``,
+default 2: a fleet on S cores). ``--fleet-processes K`` adds K one-reader bridge processes for
+the same figures, summed. See ``benchlib/fleet_run.py`` for the order of the phases and why.
 
 The parts live in ``scripts/benchlib/`` (one module each: the reader double, the subscriber,
 the systems under test and the bare path, the rig, the phases, the report, the table) and share
@@ -179,6 +180,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="K",
         help="with --fleet: also K one-reader bridge processes (heavy: K Python processes)",
     )
+    parser.add_argument(
+        "--flood-shards",
+        type=int,
+        default=2,
+        metavar="S",
+        help="with --fleet: the flood again with the fleet bridge in S shard processes "
+        "(BRIDGE_SHARD=K/S; default 2, 0 = not)",
+    )
     internal = parser.add_argument_group("the bare baseline path (started by the benchmark)")
     internal.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     internal.add_argument("--reader-port", type=int, help=argparse.SUPPRESS)
@@ -196,6 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--fleet takes neither --only nor --paho-subscriber")
     if args.fleet_processes is not None and (args.fleet is None or args.fleet_processes < 1):
         parser.error("--fleet-processes needs --fleet and 1 process or more")
+    if args.flood_shards < 0:
+        parser.error("--flood-shards must be 0 or more")
     if args.fleet_bare and (args.readers_file is None or args.mqtt_port is None):
         parser.error("--fleet-bare needs --readers-file and --mqtt-port")
     if args.seconds is not None and args.seconds <= 0:

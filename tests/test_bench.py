@@ -78,6 +78,10 @@ FLOOD = {
     "single_cpu_us",
     "flood_busy_cores",
     "flood_lost",
+    "shards_eps",
+    "shards_cpu_us",
+    "shards_busy_cores",
+    "shards_lost",
 }
 
 
@@ -205,6 +209,11 @@ def test_short_fleet_run_reports_every_fleet_figure_and_loses_nothing(tmp_path: 
         assert metrics[key]["ratio"] > 0, key
     assert metrics["single_saturation_eps"]["bridge"] > 0
     assert metrics["single_cpu_us"]["bridge"] > 0
+    for key in ("shards_eps", "shards_cpu_us"):  # the flood again, the fleet in 2 shards
+        assert metrics[key]["bridge"] > 0, key
+    assert metrics["shards_lost"]["bridge"] == 0
+    assert isinstance(metrics["shards_eps"]["met"], bool)
+    assert metrics["shards_eps"]["to_single"] > 0
     # /proc ticks (10 ms) over a 2 s flood: a little over the core count is their rounding
     assert 0 < metrics["flood_busy_cores"]["bridge"] <= (os.cpu_count() or 1) + 0.1
     for key in ("fleet_events_lost", "flood_lost"):  # every reader's counters complete
@@ -222,6 +231,7 @@ def test_short_fleet_run_reports_every_fleet_figure_and_loses_nothing(tmp_path: 
         for phase in ("start", "settle", "idle", "5 events/s", "flood of 5", "all events"):
             assert (phase, path) in ran
     assert ("flood of 1", "single") in ran
+    assert ("flood of 5", "shards") in ran
     assert ("2 events/s", "processes") in ran
 
 

@@ -15,6 +15,7 @@ from benchlib.fleet_rig import FleetRig
 from benchlib.fleet_run import FleetRun
 from benchlib.fleet_system import FleetKind
 from benchlib.metric import Check, Metrics, Pair, Row, Rows, combine
+from benchlib.stats import median
 from benchlib.system import paho_version
 from benchlib.table import print_metrics
 
@@ -26,6 +27,7 @@ FLEET_TARGETS: list[Check] = [
     ("fleet_latency_p99_ms", "<= 50 ms", "bridge", lambda v: v <= 50),
     ("fleet_events_lost", "0", "bridge", lambda v: v == 0),
     ("flood_lost", "0", "bridge", lambda v: v == 0),
+    ("shards_lost", "0", "bridge", lambda v: v == 0),
 ]
 """Issue 12's targets for the bridge in fleet mode (reported, not asserted); the flood's
 (at least the one-reader QoS 1 saturation) is set once the medians are known."""
@@ -94,41 +96,66 @@ def _rows(run: FleetRun, first: FleetKind, second: FleetKind, n: int, window: fl
     }
 
 
-FLOOD_ROWS: list[tuple[str, str, str, str, bool]] = [
+FLOOD_ROWS: list[tuple[str, str, str, str, bool, FleetKind | None]] = [
     ("flood_eps", "flood: {n} readers as fast as taken, total (closed loop)", "events/s",
-     "events_per_s", False),
+     "events_per_s", False, None),
     ("single_saturation_eps", "one-reader bridge, QoS 1 saturation (closed loop)", "events/s",
-     "events_per_s", False),
+     "events_per_s", False, "single"),
+    ("shards_eps", "flood: the {n} readers in {s} shard processes, total", "events/s",
+     "events_per_s", False, "shards"),
     ("flood_cpu_us", "flood of {n}: the path's own CPU per event", "us", "cpu_us_per_event",
-     False),
+     False, None),
     ("single_cpu_us", "one-reader bridge saturation: its own CPU per event", "us",
-     "cpu_us_per_event", False),
+     "cpu_us_per_event", False, "single"),
+    ("shards_cpu_us", "flood of {n} in {s} shards: their CPU per event", "us",
+     "cpu_us_per_event", False, "shards"),
     ("flood_busy_cores", "flood of {n}: machine busy (bridge, broker, bench), cores", "cores",
-     "busy_cores", False),
-    ("flood_lost", "flood: events lost", "events", "lost", True),
+     "busy_cores", False, None),
+    ("shards_busy_cores", "flood of {n} in {s} shards: machine busy, cores", "cores",
+     "busy_cores", False, "shards"),
+    ("flood_lost", "flood: events lost", "events", "lost", True, None),
+    ("shards_lost", "flood in {s} shards: events lost", "events", "lost", True, "shards"),
 ]  # fmt: skip
-"""The flood's rows: key, label, unit, the :class:`Flood` field, summed over the runs. The
-``single_`` rows are the one-reader bridge's; the others, the fleet's and the bare path's."""
+"""The flood's rows: key, label, unit, the :class:`Flood` field, summed over the runs, and
+the one system whose figure it is (``single``: the one-reader bridge; ``shards``: the fleet
+in shard processes) or None for the fleet's against the bare path's."""
 
 
-def fleet_rows(run: FleetRun, n: int, window: float, flooders: int) -> Rows:
+def fleet_rows(run: FleetRun, n: int, window: float, flooders: int, shards: int) -> Rows:
     rows = _rows(run, "bridge", "baseline", n, window)
-    flood, single = run.flood, run.flood.get("single")
-    for key, label, unit, field, summed in FLOOD_ROWS:
-        if key.startswith("single_"):
-            pair = Pair(None if single is None else getattr(single, field), None)
-        else:
+    flood = run.flood
+    for key, label, unit, field, summed, kind in FLOOD_ROWS:
+        if kind is None:
             pair = Pair(getattr(flood["bridge"], field), getattr(flood["baseline"], field))
-        rows[key] = Row(label.format(n=flooders), unit, pair, summed)
+        elif kind in flood:
+            pair = Pair(getattr(flood[kind], field), None)
+        else:
+            continue  # that phase did not run
+        rows[key] = Row(label.format(n=flooders, s=shards), unit, pair, summed)
     return rows
 
 
 def flood_target(metrics: Metrics) -> None:
-    """Issue 12: the flood's total at least the one-reader QoS 1 saturation."""
+    """Issue 12: the flood's total at least the one-reader QoS 1 saturation, by the fleet in
+    one process and by the fleet in shards."""
     single = metrics["single_saturation_eps"]["bridge"]
-    flood = metrics["flood_eps"]
-    flood["target"] = ">= one-reader QoS 1" if single is None else f">= {single:,.0f} (1 reader)"
-    flood["met"] = None if single is None or flood["bridge"] is None else flood["bridge"] >= single
+    for key in ("flood_eps", "shards_eps"):
+        if key not in metrics:
+            continue
+        flood = metrics[key]
+        ratios = [
+            r["bridge"] / s["bridge"]
+            for r, s in zip(flood["runs"], metrics["single_saturation_eps"]["runs"], strict=True)
+            if r["bridge"] and s["bridge"]
+        ]
+        flood["to_single"] = median(ratios)  # the median of the per-run ratios
+        flood["target"] = (
+            ">= one-reader QoS 1"
+            if single is None
+            else f">= {single:,.0f} (1 reader), x{flood['to_single'] or 0:.2f}"
+        )
+        total = flood["bridge"]
+        flood["met"] = None if single is None or total is None else total >= single
     # Context, not the target: on a machine the flood saturates, the bridge's own cost per
     # event says what it would take with the cores to itself (README, Fleet).
     single_us = metrics["single_cpu_us"]["bridge"]
@@ -142,7 +169,8 @@ def build_fleet_report(rig: FleetRig, runs: list[FleetRun]) -> dict[str, Any]:
     plan = rig.plan
     n, window = plan.readers, plan.idle_seconds
     metrics = combine(
-        [fleet_rows(run, n, window, plan.flood_readers) for run in runs], FLEET_TARGETS
+        [fleet_rows(run, n, window, plan.flood_readers, plan.flood_shards) for run in runs],
+        FLEET_TARGETS,
     )
     flood_target(metrics)
     processes = None

@@ -42,6 +42,7 @@ class FleetPlan:
     idle_seconds: float  # the idle window and the N events/s window, each
     flood_seconds: float
     flood_readers: int
+    flood_shards: int  # --flood-shards: the flood again with the fleet in that many shards
     runs: int
 
 
@@ -55,6 +56,7 @@ def make_fleet_plan(args: argparse.Namespace) -> FleetPlan:
         idle_seconds=idle,
         flood_seconds=seconds,
         flood_readers=min(10, args.fleet),
+        flood_shards=args.flood_shards,
         runs=args.runs,
     )
 
@@ -107,7 +109,8 @@ class FleetRig(Narrator):
 
     def start(self, kind: FleetKind, readers: int, run: int) -> FleetSut:
         """A system under test and its readers, started; statuses timed from now."""
-        sut = FleetSut(kind, readers, self.broker.port, self.workdir, run)
+        shards = self.plan.flood_shards
+        sut = FleetSut(kind, readers, self.broker.port, self.workdir, run, shards=shards)
         self.board.expect(sut.devices)
         self.recorder.watch(sut.tracks)
         self.suts.append(sut)

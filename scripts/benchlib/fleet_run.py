@@ -8,8 +8,10 @@ load does not inflate). The loaded windows (1 event/s per reader) and the floods
 at a time: at N events/s each path, the broker and this process together take most of one of
 the two cores, and running both at once would put each path's latency at the mercy of the
 other's. The flood's reference, the one-reader bridge's QoS 1 saturation, runs next, in the
-same run. With ``--fleet-processes K``, K one-reader bridges (one process each) then run the
-start, warm-up, idle and loaded phases alone, after the fleets stopped.
+same run, and then (``--flood-shards S``, default 2) the flood again with the fleet bridge in
+S shard processes (``BRIDGE_SHARD=K/S``), as a user with S cores deploys it. With
+``--fleet-processes K``, K one-reader bridges (one process each) then run the start, warm-up,
+idle and loaded phases alone, after the fleets stopped.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def measure_fleet(rig: FleetRig, number: int) -> FleetRun:
         run.lost[sut.kind] = final_count(rig, sut)
         rig.stop(sut)
     single(rig, run)
+    if plan.flood_shards:
+        sharded(rig, run)
     if plan.processes:
         processes(rig, run)
     run.load_end = os.getloadavg()
@@ -87,6 +91,17 @@ def single(rig: FleetRig, run: FleetRun) -> None:
     rig.recorder.take_latencies()
     run.flood["single"] = flood_phase(rig, sut, 1)
     run.lost["single"] = final_count(rig, sut)
+    rig.stop(sut)
+
+
+def sharded(rig: FleetRig, run: FleetRun) -> None:
+    """The flood's readers served by ``--flood-shards`` fleet bridges (one readers file,
+    ``BRIDGE_SHARD=K/S`` each): the same flood, after the same warm-up as the fleet's."""
+    readers = rig.plan.flood_readers
+    sut, run.start["shards"] = start_phase(rig, "shards", readers, run.number)
+    warm_up(rig, [sut])
+    run.flood["shards"] = flood_phase(rig, sut, readers)
+    run.lost["shards"] = final_count(rig, sut)
     rig.stop(sut)
 
 

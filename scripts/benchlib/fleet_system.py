@@ -19,18 +19,20 @@ from benchlib.fleet_recorder import Track
 from benchlib.system import BENCH, bridge_env
 from harness import ProcStat, ThreadClock, ThreadTime, guarded  # scripts/harness.py
 
-FleetKind = Literal["bridge", "baseline", "processes", "single"]
+FleetKind = Literal["bridge", "baseline", "processes", "single", "shards"]
 NAMES: Final[dict[FleetKind, str]] = {
     "bridge": "fleet bridge",
     "baseline": "bare fleet path",
     "processes": "one-reader bridges",
     "single": "one-reader bridge",
+    "shards": "fleet bridge in shards",
 }
 DEVICE_PREFIX: Final[dict[FleetKind, str]] = {
     "bridge": "r",
     "baseline": "b",
     "processes": "p",
     "single": "s",
+    "shards": "h",
 }
 
 
@@ -55,10 +57,19 @@ def pss_kb(pid: int) -> int:
 
 class FleetSut:
     """One system under test: its processes, its readers (a :class:`FleetDouble`), each
-    reader's phase in its 1 s period (drawn at random, like FleetSimulator's)."""
+    reader's phase in its 1 s period (drawn at random, like FleetSimulator's). ``shards``:
+    for the kind "shards", that many fleet bridges share one readers file, each serving its
+    ``BRIDGE_SHARD=K/shards`` (README, Fleet), as a StatefulSet's replicas do."""
 
     def __init__(
-        self, kind: FleetKind, readers: int, broker_port: int, workdir: Path, run: int
+        self,
+        kind: FleetKind,
+        readers: int,
+        broker_port: int,
+        workdir: Path,
+        run: int,
+        *,
+        shards: int = 2,
     ) -> None:
         self.kind, self.run, self.workdir = kind, run, workdir
         self.name = NAMES[kind]
@@ -70,6 +81,8 @@ class FleetSut:
         self.started_ns = time.time_ns()
         if kind == "bridge":
             commands = [self._fleet_bridge(broker_port)]
+        elif kind == "shards":
+            commands = [self._fleet_bridge(broker_port, (k, shards)) for k in range(shards)]
         elif kind == "baseline":
             commands = [self._bare(broker_port)]
         else:
@@ -93,13 +106,23 @@ class FleetSut:
         path.write_text("\n".join(tables))
         return path
 
-    def _fleet_bridge(self, broker_port: int) -> tuple[list[str], dict[str, str]]:
+    def _fleet_bridge(
+        self, broker_port: int, shard: tuple[int, int] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The bridge in fleet mode; with ``shard`` (K, N), its shard K of N, with a spool of
+        its own (a spool file is one process's)."""
+        settings = {}
+        name = f"spool-fleet-{self.run}.db"
+        if shard is not None:
+            settings["BRIDGE_SHARD"] = f"{shard[0]}/{shard[1]}"
+            name = f"spool-shard-{shard[0]}-{self.run}.db"
         env = bridge_env(
             broker_port,
             self.workdir,
             1,
             BRIDGE_READERS_FILE=str(self._readers_file()),
-            BRIDGE_SPOOL_PATH=str(self.workdir / f"spool-fleet-{self.run}.db"),
+            BRIDGE_SPOOL_PATH=str(self.workdir / name),
+            **settings,
         )
         return [sys.executable, "-m", "bridge", "run"], env
 
