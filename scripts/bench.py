@@ -107,6 +107,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -126,6 +127,7 @@ from benchlib.plan import BURST, make_plan
 from benchlib.report import build_report
 from benchlib.rig import Rig
 from benchlib.run import measure
+from benchlib.system import SUT_CPU
 from benchlib.table import print_table
 from benchlib.throughput import next_rate
 
@@ -162,6 +164,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the event path with local answers on (BRIDGE_LOCAL_REPLY=accept) against the "
         "same bridge without them, and the answers' latency (README, When the broker is down)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the systems under test on CPU 0, the broker and this process (reader doubles, "
+        "subscriber) on the other CPUs: each bridge has a core of its own, as where the broker "
+        "and the automation run on another machine (default: all share every CPU)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--paho-subscriber", action="store_true", help="subscribe with paho")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
@@ -197,6 +206,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     internal.add_argument("--fleet-bare", action="store_true", help=argparse.SUPPRESS)
     internal.add_argument("--readers-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    _check_args(parser, args)
+    if args.pin and args.fleet is not None:
+        parser.error("--pin does not apply to --fleet")
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs 2 CPUs or more")
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits with a usage error for a combination of options that measures nothing sound."""
     if args.fleet is not None and args.fleet < 1:
         parser.error("--fleet needs 1 reader or more")
     if args.local and (args.fleet is not None or args.only):
@@ -219,7 +238,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--idle-seconds must be 0 (skip) or more")
     if args.baseline and (args.reader_port is None or args.mqtt_port is None or not args.device):
         parser.error("--baseline needs --reader-port, --mqtt-port and --device")
-    return args
 
 
 def _raise_interrupted(signum: int, frame: types.FrameType | None) -> None:
@@ -257,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"bench: work directory {workdir}", flush=True)
+    if args.pin:
+        # before any thread or child: they inherit it (the broker, the subscriber, ...)
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {SUT_CPU})
     rig = FleetRig(args, workdir) if args.fleet is not None else Rig(args, make_plan(args), workdir)
     status = 2
     try:

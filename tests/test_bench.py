@@ -175,8 +175,14 @@ def test_only_idle_repeated_reports_each_run_and_the_medians(tmp_path: Path) -> 
 def test_local_run_compares_the_event_path_with_answers_on_and_off_and_times_the_answers(
     tmp_path: Path,
 ) -> None:
-    output, report = run_bench(tmp_path, "--local", "--seconds", "1")
+    output, report = run_bench(tmp_path, "--local", "--seconds", "1", "--pin")
     assert "local answers benchmark" in output
+    assert "CPU of their own (--pin)" in output
+    cpus = report["cpus"]  # --pin: the two bridges on CPU 0, the rest on the others
+    assert cpus["bench"] == cpus["bench-local"] == [0], cpus
+    assert cpus["benchmark"] == cpus["broker"], cpus
+    assert cpus["broker"], cpus
+    assert 0 not in cpus["broker"], cpus
     rows = {row["figure"]: row for row in report["rows"]}
     for rate in (10, 200, 2000):
         for figure in ("p50 ms", "p99 ms", "CPU s / 10k events"):

@@ -140,6 +140,8 @@ def local_report(rig: Rig, runs: list[list[Record]]) -> dict[str, Any]:
     }
     return {
         "code": rig.code,
+        "pinned": bool(rig.args.pin),
+        "cpus": rig.cpus,
         "runs": len(runs),
         "load_average": os.getloadavg(),
         "rows": rows,
@@ -153,7 +155,10 @@ def local_report(rig: Rig, runs: list[list[Record]]) -> dict[str, Any]:
 
 def print_local(report: dict[str, Any]) -> None:
     """The report as a Markdown table (README, When the broker is down)."""
-    print(f"\nlocal answers benchmark, {report['code']}, median of {report['runs']} run(s)\n")
+    where = "bridges on a CPU of their own (--pin)" if report["pinned"] else "all on every CPU"
+    print(
+        f"\nlocal answers benchmark, {report['code']}, median of {report['runs']} run(s), {where}\n"
+    )
     print("| metric | local answers off | local answers on | ratio (median) | each run's |")
     print("|---|---|---|---|---|")
     for row in report["rows"]:

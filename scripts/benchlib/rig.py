@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -47,6 +48,7 @@ class Rig(Narrator):
         super().__init__()
         self.rss_ready: dict[str, int] = {}
         self.code = "?"
+        self.cpus: dict[str, list[int]] = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -70,10 +72,20 @@ class Rig(Narrator):
         levels = (1,) if self.plan.only in ("idle", "latency") or self.args.local else (1, 0)
         kinds = LOCAL_KINDS if self.args.local else KINDS
         self.suts = [
-            Sut(kind, qos, self.broker.port, self.workdir, run) for kind in kinds for qos in levels
+            Sut(kind, qos, self.broker.port, self.workdir, run, pinned=self.args.pin)
+            for kind in kinds
+            for qos in levels
         ]
         for sut in self.suts:
             self.wait_ready(sut)
+        self.cpus = self.where()
+
+    def where(self) -> dict[str, list[int]]:
+        """The CPUs each process may run on (``--pin`` or not), for the report."""
+        pids = {"benchmark": 0, **{sut.device: sut.process.pid for sut in self.suts}}
+        if self.broker.process is not None:
+            pids["broker"] = self.broker.process.pid
+        return {name: sorted(os.sched_getaffinity(pid)) for name, pid in pids.items()}
 
     def stop_suts(self) -> None:
         for sut in self.suts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import version
@@ -31,6 +32,8 @@ Kind = Literal["bridge", "baseline", "local"]
 KINDS: Final[tuple[Kind, Kind]] = ("bridge", "baseline")
 LOCAL_KINDS: Final[tuple[Kind, Kind]] = ("bridge", "local")
 """``--local``: the bridge, and the bridge answering every read itself (BRIDGE_LOCAL_REPLY)."""
+SUT_CPU: Final = 0
+"""``--pin``: the CPU of the systems under test (the benchmark and the broker get the others)."""
 DEVICES: Final[dict[Kind, str]] = {"bridge": "bench", "baseline": "bare", "local": "bench-local"}
 
 
@@ -89,13 +92,30 @@ class Broker:
         return out.splitlines()[0] if out else "?"
 
 
+def taskset() -> list[str]:
+    """util-linux ``taskset``, which runs a command on the CPUs it is given (``--pin``)."""
+    found = shutil.which("taskset")
+    if found is None:
+        raise BenchError("--pin needs taskset (util-linux)")
+    return [found]
+
+
 class Sut:
     """One system under test (the bridge or the bare path) at one QoS, with its reader double.
 
     ``run`` numbers the repetitions of the measured set (``--runs``); a bridge after the first
     gets a spool file of its own, so that nothing spooled in a run is replayed into the next."""
 
-    def __init__(self, kind: Kind, qos: int, broker_port: int, workdir: Path, run: int = 1) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        qos: int,
+        broker_port: int,
+        workdir: Path,
+        run: int = 1,
+        *,
+        pinned: bool = False,
+    ) -> None:
         self.kind = kind
         self.qos = qos
         self.run = run
@@ -119,6 +139,8 @@ class Sut:
                 f"--qos={qos}",
             ]
             env = dict(os.environ)
+        if pinned:
+            command = [*taskset(), "--cpu-list", str(SUT_CPU), *command]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own command line
                 guarded(command),
