@@ -6,7 +6,8 @@ minutes; its phases are shorter than the issue asks), ``--seconds S`` (every pha
 ``--idle-seconds S`` (the idle and the 1 event/s windows, 60 s in the full run), ``--runs N``
 (all of it N times), ``--only idle`` (the idle and 1 event/s phases alone, about 2 minutes a
 run), ``--skip-million``, ``--json out.json``; ``--local`` compares the bridge with itself
-answering every read (``BRIDGE_LOCAL_REPLY=accept``) and times the answers. Not a pytest test
+answering every read (``BRIDGE_LOCAL_REPLY=accept``) and times the answers; ``--pin`` runs the
+systems under test on CPU 0 and everything else on the other CPUs. Not a pytest test
 (``tests/test_bench.py`` only checks that a very short run produces every figure).
 
 It starts, in a temporary work directory of its own:
