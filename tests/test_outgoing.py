@@ -15,6 +15,7 @@ from bridge.delivery import Delivery
 from bridge.mqtt.client import Client
 from bridge.mqtt.outgoing import LocalResult, Outgoing, Result
 from bridge.outbox import MemoryOutbox
+from bridge.topics import Topics
 
 ACCEPT: dict[str, object] = {"Sequence": "60"}
 
@@ -39,7 +40,7 @@ class RecordingClient:
         return [topic for topic, _ in self.sent]
 
 
-def connected_outgoing() -> tuple[Outgoing, RecordingClient]:
+def connected_outgoing() -> tuple[Outgoing, RecordingClient, Delivery, Topics]:
     """A v5 link's publishing side, connected, its status and meta already out."""
     options = load_settings(
         env_file=None, reader_host="10.0.0.9", device_id="door", ha_discovery=False
@@ -50,7 +51,7 @@ def connected_outgoing() -> tuple[Outgoing, RecordingClient]:
     outgoing.connection_up(None)
     outgoing.pump()
     client.sent.clear()
-    return outgoing, client
+    return outgoing, client, delivery, options.topics
 
 
 def test_a_local_answers_result_follows_its_event_in_the_same_turn():
@@ -60,9 +61,8 @@ def test_a_local_answers_result_follows_its_event_in_the_same_turn():
     more CPU per read and did not make the event measurably sooner (README, When the broker
     is down)."""
 
-    outgoing, client = connected_outgoing()
-    topics = outgoing._topics
-    outgoing._delivery.put([(b'{"TagId":"04A1"}', time.time())])
+    outgoing, client, delivery, topics = connected_outgoing()
+    delivery.put([(b'{"TagId":"04A1"}', time.time())])
     outgoing.pump()
     outgoing.add_result(LocalResult("04A1", time.time(), ACCEPT))
     assert client.topics() == [topics.event, topics.result]
@@ -74,10 +74,9 @@ def test_a_local_result_made_while_the_broker_is_away_goes_first_on_its_return()
     """Held through an outage, a local result is published on reconnection after the status
     and before the held events, marked late."""
 
-    outgoing, client = connected_outgoing()
-    topics = outgoing._topics
+    outgoing, client, delivery, topics = connected_outgoing()
     outgoing.connection_down()
-    outgoing._delivery.put([(b'{"TagId":"04A1"}', time.time())])
+    delivery.put([(b'{"TagId":"04A1"}', time.time())])
     outgoing.add_result(LocalResult("04A1", time.time() - 1.0, ACCEPT))  # made before
     assert client.sent == []
     outgoing.connection_up(None)
@@ -87,7 +86,7 @@ def test_a_local_result_made_while_the_broker_is_away_goes_first_on_its_return()
 
 
 def test_results_go_in_the_order_they_were_made():
-    outgoing, client = connected_outgoing()
+    outgoing, client, _, _ = connected_outgoing()
     outgoing.add_result(LocalResult("04A1", time.time(), ACCEPT))
     outgoing.add_result(Result(b'{"ok":true,"transaction":7}'))
     payloads = [payload for _, payload in client.sent]
