@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib.stats import percentile
+
 EVENT = re.compile(rb'"TagId":"([0-9A-F]{14})".*?"BenchT":"(\d+)"')
 ANSWER = b'{"Sequence":"60"}'
 RESULT = b'"local":true'
@@ -78,11 +80,6 @@ def rate_of(gap_ns: float) -> int:
     if gap_ns > 20e6:
         return 0
     return 200 if gap_ns > 2e6 else 2000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def after(times: list[float], t: float) -> float | None:
@@ -192,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         for rate in sorted(table[name]):
             hops = table[name][rate]
             cells = ", ".join(
-                f"{hop} {percentile(v, 0.5) / 1e3:.0f} · {percentile(v, 0.99) / 1e3:.0f}"
+                f"{hop} {percentile(us, 0.5):.0f} · {percentile(us, 0.99):.0f}"
                 for hop, v in hops.items()
-                if v
+                if (us := sorted(t / 1e3 for t in v))
             )
             print(f"| {name} | {rate} | {len(hops['write'])} | {cells} |")
     return 0

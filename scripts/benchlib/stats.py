@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import TypeVar
+
+Sample = TypeVar("Sample", int, float)
 
 
-def percentile(ordered: list[int], q: float) -> int:
+def percentile(ordered: list[Sample], q: float) -> Sample:
     """Nearest-rank percentile of an ascending list (the maximum when there are < 1/(1-q))."""
     if not ordered:
         raise ValueError("no samples")
